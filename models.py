@@ -1,0 +1,422 @@
+"""MSRN: a ResNet trunk with label-guided attention at three depths (see MSRN_SPEC.md).
+
+Parameter names, shapes and the forward pass match the official ``MSGDN`` so that the released
+checkpoints load strictly and give the same outputs.
+
+Shape legend: B batch, C classes, K global nodes (label groups), N nodes attended to (C or K,
+or C+K), D = 512 label dimension, E = 300 word-vector dimension, P = H·W feature positions.
+"""
+import os
+import re
+import urllib.error
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
+
+LABEL_DIM = 512
+WORD_DIM = 300
+NUM_LEVELS = 3
+GRAPH_THRESHOLD = 0.4   # t: keep edges with P(j | i) >= t
+GRAPH_REWEIGHT = 0.25   # p: weight given to neighbours against the self loop
+GROUP_LOSS_WEIGHT = 1e-4
+MIN_IMAGE_SIZE = 33     # layer4 output is ceil(H / 32) and must be >= 2 for the final 2×2 max-pool
+
+RESNET_LAYOUTS = {
+    'resnet18': (torchvision.models.resnet.BasicBlock, [2, 2, 2, 2]),
+    'resnet34': (torchvision.models.resnet.BasicBlock, [3, 4, 6, 3]),
+    'resnet50': (torchvision.models.resnet.Bottleneck, [3, 4, 6, 3]),
+    'resnet101': (torchvision.models.resnet.Bottleneck, [3, 4, 23, 3]),
+    'resnet152': (torchvision.models.resnet.Bottleneck, [3, 8, 36, 3]),
+}
+IMAGENET_URLS = {  # the files the official code was trained from
+    'resnet18': 'https://download.pytorch.org/models/resnet18-5c106cde.pth',
+    'resnet34': 'https://download.pytorch.org/models/resnet34-333f7ec4.pth',
+    'resnet50': 'https://download.pytorch.org/models/resnet50-19c8e357.pth',
+    'resnet101': 'https://download.pytorch.org/models/resnet101-5d3b4d8f.pth',
+    'resnet152': 'https://download.pytorch.org/models/resnet152-b121ed2d.pth',
+}
+REPO_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or weight file cannot be read or does not fit the model."""
+
+
+# --------------------------------------------------------------------------------------------
+# Trunk
+
+class PyramidResNet(torchvision.models.ResNet):
+    """torchvision ResNet (same keys, no fc) returning three max-pooled feature maps."""
+
+    def __init__(self, model_name='resnet101'):
+        if model_name not in RESNET_LAYOUTS:
+            raise ValueError(f'unknown backbone {model_name!r}; choose one of {", ".join(RESNET_LAYOUTS)}')
+        block, layers = RESNET_LAYOUTS[model_name]
+        super().__init__(block, layers)
+        del self.fc, self.avgpool
+        c1, c2, c3, c4 = (width * block.expansion for width in (64, 128, 256, 512))
+        self.conv_buffer0 = nn.Conv2d(c1, c1, 1)  # quirk: in every checkpoint, never used
+        self.conv_buffer1 = nn.Conv2d(c2, c2, 1)
+        self.conv_buffer2 = nn.Conv2d(c3, c3, 1)
+        for conv in (self.conv_buffer0, self.conv_buffer1, self.conv_buffer2):
+            nn.init.kaiming_normal_(conv.weight, mode='fan_out', nonlinearity='relu')
+        self.conv_buffer0.requires_grad_(False)
+        self.pool = nn.MaxPool2d(2, stride=2)
+        self.out_channels = (c2, c3, c4)
+
+    def forward(self, img):
+        """img (B, 3, H, W) -> [(B, c2, H/16, W/16), (B, c3, H/32, W/32), (B, c4, H/64, W/64)]."""
+        if min(img.shape[-2:]) < MIN_IMAGE_SIZE:  # layer4 would be 1×1 and the last 2×2 pool empty
+            raise ValueError(f'images of {img.shape[-2]}×{img.shape[-1]} px are too small: MSRN needs at least '
+                             f'{MIN_IMAGE_SIZE} px per side (the released models use 448)')
+        x = self.maxpool(self.relu(self.bn1(self.conv1(img))))
+        x = self.layer2(self.layer1(x))                 # (B, c2, H/8, W/8)
+        f1 = self.pool(self.conv_buffer1(x))
+        x = self.layer3(x)                              # (B, c3, H/16, W/16)
+        f2 = self.pool(self.conv_buffer2(x))
+        f3 = self.pool(self.layer4(x))
+        return [f1, f2, f3]
+
+
+# --------------------------------------------------------------------------------------------
+# Label graph and label semantics
+
+def label_graph(adj, nums, t=GRAPH_THRESHOLD, p=GRAPH_REWEIGHT):
+    """Official ML-GCN/MSRN graph from co-occurrence counts.
+
+    Returns (A, adj_normalized): A (C, C) float64 = binarised P(j|i), re-weighted, plus identity;
+    adj_normalized (C, C) float32 = D·Aᵀ·D. A class with nums == 0 never occurred: it gets no
+    edges (only its self loop) instead of the official NaN row.
+    """
+    adj = np.asarray(adj, dtype=np.float64)
+    nums = np.asarray(nums, dtype=np.float64).reshape(-1, 1)
+    cond = np.divide(adj, nums, out=np.zeros_like(adj), where=nums > 0)   # (C, C) P(j | i)
+    a = (cond >= t).astype(np.float64)
+    a = a * p / (a.sum(0, keepdims=True) + 1e-6) + np.identity(len(a))
+    a32 = torch.from_numpy(a).float()
+    d = torch.diag(a32.sum(1).pow(-0.5))
+    return a, (a32 @ d).t() @ d
+
+
+class GraphAttentionLayer(nn.Module):
+    """GAT layer over the label graph: out = ELU(softmax_masked(e) @ h + h)."""
+
+    def __init__(self, in_features, out_features):
+        super().__init__()
+        self.W = nn.Parameter(torch.empty(in_features, out_features))
+        self.a = nn.Parameter(torch.empty(2 * out_features, 1))
+        nn.init.xavier_uniform_(self.W, gain=1.414)
+        nn.init.xavier_uniform_(self.a, gain=1.414)
+
+    def forward(self, x, mask):
+        """x (C, in), mask (C, C) bool -> (C, out)."""
+        h = x @ self.W                                          # (C, out)
+        out = h.shape[1]
+        # [h_i ‖ h_j]·a = h_i·a_src + h_j·a_dst
+        e = F.leaky_relu(h @ self.a[:out] + (h @ self.a[out:]).t(), 0.2)   # (C, C)
+        attention = e.masked_fill(~mask, -1e12).softmax(dim=1)
+        return F.elu(attention @ h + h)  # quirk: residual inside the ELU, as released
+
+
+class LabelEmbed(nn.Module):
+    """Local label semantics: two graph-attention layers E' -> 300 -> D."""
+
+    def __init__(self, in_features):
+        super().__init__()
+        self.layers = nn.ModuleList([GraphAttentionLayer(in_features, 300),
+                                     GraphAttentionLayer(300, LABEL_DIM)])
+
+    def forward(self, x, mask):
+        """x (C, in) -> L (C, D)."""
+        for layer in self.layers:
+            x = layer(x, mask)
+        return x
+
+
+class DiffPool(nn.Module):
+    """One DiffPool layer: node embeddings Z and soft assignment S to K groups."""
+
+    def __init__(self, in_features, num_groups, out_features):
+        super().__init__()
+        self.embed = GraphAttentionLayer(in_features, out_features)
+        self.assign_mat = GraphAttentionLayer(in_features, num_groups)
+
+    def forward(self, x, mask):
+        """x (C, in) -> G (K, out), S (C, K)."""
+        z = self.embed(x, mask)                                 # (C, out)
+        s = self.assign_mat(x, mask).softmax(dim=-1)            # (C, K)
+        return s.t() @ z, s
+
+
+class GroupEmbed(nn.Module):
+    """Global label semantics: the labels pooled into K groups."""
+
+    def __init__(self, num_groups):
+        super().__init__()
+        self.layers = nn.ModuleList([DiffPool(LABEL_DIM, num_groups, LABEL_DIM)])
+
+    def forward(self, x, mask):
+        """x (C, D) -> G (K, D), S (C, K)."""
+        return self.layers[0](x, mask)
+
+
+# --------------------------------------------------------------------------------------------
+# Label-guided attention
+
+CHUNK_ELEMENTS = {'cpu': 1 << 20}   # work tensor size per step: fits the CPU's L2 cache
+DEFAULT_CHUNK_ELEMENTS = 1 << 26    # accelerators: large steps, few kernel launches
+
+
+def _chunks(batch, nodes, per_item, device_type):
+    """Yield (batch slice, node slice) pairs whose work tensors hold about the budget of elements."""
+    budget = CHUNK_ELEMENTS.get(device_type, DEFAULT_CHUNK_ELEMENTS)
+    b_step = max(1, min(batch, budget // max(1, per_item * nodes)))
+    n_step = max(1, min(nodes, budget // max(1, per_item * b_step)))
+    for b in range(0, batch, b_step):
+        for n in range(0, nodes, n_step):
+            yield slice(b, b + b_step), slice(n, n + n_step)
+
+
+def _attention_weights(xt, lt, xmax, xmin):
+    """Unnormalised exp(l·x_p − max_p l·x_p): xt (b, D, P), lt (D, n) -> (b, D, n, P)."""
+    lt = lt.unsqueeze(0)                                                # (1, D, n)
+    shift = torch.where(lt >= 0, lt * xmax.unsqueeze(-1), lt * xmin.unsqueeze(-1))   # (b, D, n)
+    logits = xt.unsqueeze(2) * lt.unsqueeze(-1)                       # (b, D, n, P)
+    return logits.sub_(shift.unsqueeze(-1)).exp_()
+
+
+class _LeanAttention(torch.autograd.Function):
+    """V[b,n,d] = Σ_p α[b,p,n,d]·x[b,p,d], α = softmax over p of x[b,p,d]·l[n,d].
+
+    Never holds a (B, P, N, D) tensor: α is built chunk by chunk and reduced at once; backward
+    recomputes it from the saved (B, D, N) moments with dV/dx_p = α_p·(1 + l·(x_p − V)) and
+    dV/dl = E_α[x²] − V² (both evaluated on x centred per (b, d) for accuracy).
+    """
+
+    @staticmethod
+    def forward(ctx, x, nodes):
+        batch, positions, dim = x.shape
+        num_nodes = nodes.shape[0]
+        xt = x.transpose(1, 2).contiguous()                  # (B, D, P)
+        center = xt.mean(-1, keepdim=True)                   # (B, D, 1)
+        xc = xt - center                                     # (B, D, P)
+        moments = torch.stack([xc, torch.ones_like(xc), xc * xc], -1)   # (B, D, P, 3)
+        xmax, xmin = xt.amax(-1), xt.amin(-1)                # (B, D)
+        lt = nodes.t().contiguous()                          # (D, N)
+        sums = x.new_empty(batch, dim, num_nodes, 3)         # (B, D, N, 3)
+        for bs, ns in _chunks(batch, num_nodes, dim * positions, x.device.type):
+            weights = _attention_weights(xt[bs], lt[:, ns], xmax[bs], xmin[bs])   # (b, D, n, P)
+            sums[bs, :, ns] = weights @ moments[bs]
+        total = sums[..., 1]                                 # (B, D, N)
+        mean_c = sums[..., 0] / total                        # E_α[x − c]
+        var = sums[..., 2] / total - mean_c * mean_c         # E_α[x²] − V²
+        ctx.save_for_backward(xt, center, lt, mean_c, var, total)
+        return (mean_c + center).transpose(1, 2)             # (B, N, D)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        xt, center, lt, mean_c, var, total = ctx.saved_tensors
+        g = grad_out.transpose(1, 2)                         # (B, D, N)
+        grad_nodes = (g * var).sum(0).t()                    # (N, D)
+        # grad_x[p] = Σ_n α_pn·g_n·(1 − l_n·V'_n) + x'_p·Σ_n α_pn·g_n·l_n, with x' = x − c, V' = V − c
+        coeff = torch.stack([g * (1 - lt * mean_c), g * lt], -1) / total.unsqueeze(-1)   # (B, D, N, 2)
+        xmax, xmin = xt.amax(-1), xt.amin(-1)
+        acc = xt.new_zeros(*xt.shape, 2)                     # (B, D, P, 2)
+        for bs, ns in _chunks(xt.shape[0], lt.shape[1], xt.shape[1] * xt.shape[2], xt.device.type):
+            weights = _attention_weights(xt[bs], lt[:, ns], xmax[bs], xmin[bs])   # (b, D, n, P)
+            acc[bs] += weights.transpose(-1, -2) @ coeff[bs, :, ns]               # (b, D, P, 2)
+        grad_x = acc[..., 0] + (xt - center) * acc[..., 1]   # (B, D, P)
+        return grad_x.transpose(1, 2), grad_nodes
+
+
+def lean_label_attention(x, nodes):
+    """Label-guided attention without (B, P, N, D) intermediates; x (B, P, D), nodes (N, D) -> (B, N, D).
+
+    Computed in float32 (float64 if given) whatever the autocast state.
+    """
+    dtype = torch.promote_types(torch.promote_types(x.dtype, nodes.dtype), torch.float32)
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        return _LeanAttention.apply(x.to(dtype), nodes.to(dtype))
+
+
+# --------------------------------------------------------------------------------------------
+# The model
+
+class MSRN(nn.Module):
+    """MSRN (official name ``MSGDN``): forward(img, inp) -> (logits (B, C), group_loss ())."""
+
+    def __init__(self, num_classes, pool_ratio, model_name, adj_file, attention=lean_label_attention):
+        """adj_file: path of the graph file, or a mapping with 'adj' (C, C) and 'nums' (C,) counts.
+
+        attention: the label-guided attention function (x (B, P, D), nodes (N, D)) -> (B, N, D).
+        """
+        super().__init__()
+        self.num_classes = num_classes
+        self.num_node = int(pool_ratio * num_classes)  # floor, as official: fixes fc1's shape
+        if self.num_node < 1:
+            raise ValueError(f'pool_ratio {pool_ratio} gives {pool_ratio}·{num_classes} < 1 label group; '
+                             f'use a pool ratio of at least {1 / num_classes:.3g}')
+        self.attention = attention
+        self.image_normalization_mean = [0.485, 0.456, 0.406]
+        self.image_normalization_std = [0.229, 0.224, 0.225]
+
+        self.resnet_101 = PyramidResNet(model_name)  # official key name, whatever the depth
+        self.label_embed = LabelEmbed(256)
+        self.group_embed = GroupEmbed(self.num_node)
+        self.ProjectM = nn.ModuleList(nn.Conv2d(c, LABEL_DIM, 1) for c in self.resnet_101.out_channels)
+        self.fc_label = nn.Linear(WORD_DIM, 256)
+        self.fc1 = nn.Linear(NUM_LEVELS * LABEL_DIM * (num_classes + self.num_node), 2048)
+        self.fc2 = nn.Linear(2048, num_classes)
+        # quirk: W and B are in every checkpoint but the forward pass never uses them
+        self.W = nn.Parameter(torch.empty(num_classes, NUM_LEVELS * LABEL_DIM * 2), requires_grad=False)
+        self.B = nn.Parameter(torch.empty(num_classes), requires_grad=False)
+        bound = 1 / self.W.shape[1] ** 0.5
+        nn.init.uniform_(self.W, -bound, bound)
+        nn.init.uniform_(self.B, -bound, bound)
+
+        graph = _read_graph(adj_file, num_classes)
+        _, adj = label_graph(graph['adj'], graph['nums'])
+        self.register_buffer('adj_mask', adj > 0, persistent=False)   # (C, C) the layers' edges
+
+    def label_semantics(self, words):
+        """words (C, E) -> L (C, D), G (K, D), S (C, K), group_loss (); always in float32."""
+        with torch.autocast(device_type=words.device.type, enabled=False):
+            local = self.label_embed(self.fc_label(words.float()), self.adj_mask)   # (C, D)
+            group, assign = self.group_embed(F.relu(local), self.adj_mask)         # (K, D), (C, K)
+            nearest = group[assign.argmax(1)]                                       # (C, D)
+            group_loss = GROUP_LOSS_WEIGHT * (local - nearest).norm(dim=1).sum()
+        return local, group, assign, group_loss
+
+    def head(self, features, words):
+        """Everything after the trunk: features [f1, f2, f3], words (C, E) -> logits (B, C), group_loss ()."""
+        local, group, _, group_loss = self.label_semantics(words)
+        nodes = torch.cat([local, group])                               # (C+K, D)
+        levels = []
+        for project, feature in zip(self.ProjectM, features):
+            x = project(feature).flatten(2).transpose(1, 2)             # (B, P, D)
+            levels.append(self.attention(x, nodes))                     # (B, C+K, D)
+        z = torch.tanh(torch.cat(levels, -1))                           # (B, C+K, 3D)
+        logits = self.fc2(F.leaky_relu(self.fc1(z.flatten(1))))         # (B, C)
+        return logits, group_loss
+
+    def forward(self, img, inp):
+        """img (B, 3, H, W), inp (B, C, E) word vectors (only inp[0] is used) -> (B, C), ()."""
+        if inp.dim() != 3 or inp.shape[1:] != (self.num_classes, WORD_DIM):
+            raise ValueError(f'word vectors have shape {list(inp.shape)}, expected [batch, {self.num_classes}, {WORD_DIM}]')
+        return self.head(self.resnet_101(img), inp[0])
+
+    def get_config_optim(self, lr):
+        """SGD parameter groups: the trunk at lr·0.1, the rest at lr (unused W, B excluded)."""
+        trunk = [p for p in self.resnet_101.parameters() if p.requires_grad]
+        head = [p for name, p in self.named_parameters() if p.requires_grad and not name.startswith('resnet_101.')]
+        return [{'params': trunk, 'lr': lr * 0.1}, {'params': head, 'lr': lr}]
+
+
+MSGDN = MSRN  # the official class name
+
+
+def _read_graph(adj_file, num_classes):
+    if isinstance(adj_file, Mapping):
+        return {key: np.asarray(adj_file[key]) for key in ('adj', 'nums')}
+    from label_files import load_adjacency
+    return load_adjacency(adj_file, num_classes)
+
+
+# --------------------------------------------------------------------------------------------
+# Weights: released checkpoints and ImageNet trunks
+
+def read_checkpoint(path):
+    """torch.load a checkpoint safely (weights_only) onto the CPU, or raise CheckpointError."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f'{path}: checkpoint not found; check the --resume path')
+    try:
+        return torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:  # torch raises many types for corrupt or foreign files
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f'{path}: cannot read checkpoint ({first_line})') from e
+
+
+def _bare_state_dict(checkpoint):
+    state = checkpoint.get('state_dict', checkpoint)
+    if not isinstance(state, Mapping) or not all(torch.is_tensor(v) for v in state.values()):
+        raise CheckpointError("expected a dict with a 'state_dict' of tensors, or a raw state_dict")
+    if state and all(k.startswith('module.') for k in state):   # saved from DataParallel / DDP
+        state = {k[len('module.'):]: v for k, v in state.items()}
+    return state
+
+
+def _listing(keys, limit=5):
+    keys = sorted(keys)
+    more = f' and {len(keys) - limit} more' if len(keys) > limit else ''
+    return ', '.join(keys[:limit]) + more
+
+
+def _mismatch_hint(model, mismatched, state):
+    if 'fc2.weight' in mismatched:
+        return f' (the checkpoint has {state["fc2.weight"].shape[0]} classes, the model {model.num_classes})'
+    if 'fc1.weight' in mismatched:
+        groups = state['fc1.weight'].shape[1] // (NUM_LEVELS * LABEL_DIM) - model.num_classes
+        return f' (the checkpoint has {groups} label groups, the model {model.num_node}: set --pool_ratio accordingly)'
+    return ''
+
+
+def load_checkpoint(model, source):
+    """Load weights strictly from a checkpoint path or dict (official, ours, or a raw state_dict).
+
+    Accepts a ``module.`` prefix. Any missing or unexpected key or shape mismatch raises
+    CheckpointError naming them. Returns the checkpoint dict.
+    """
+    checkpoint = read_checkpoint(source) if isinstance(source, (str, os.PathLike)) else source
+    where = f'{source}: ' if isinstance(source, (str, os.PathLike)) else ''
+    try:
+        state = _bare_state_dict(checkpoint)
+    except CheckpointError as e:
+        raise CheckpointError(f'{where}{e}') from None
+    expected = model.state_dict()
+    missing = expected.keys() - state.keys()
+    unexpected = state.keys() - expected.keys()
+    mismatched = {k for k in expected.keys() & state.keys() if expected[k].shape != state[k].shape}
+    if missing or unexpected or mismatched:
+        parts = [f'{label} [{_listing(keys)}]' for label, keys in
+                 (('missing', missing), ('unexpected', unexpected), ('shape mismatch', mismatched)) if keys]
+        raise CheckpointError(f'{where}checkpoint does not fit the model: {"; ".join(parts)}'
+                              f'{_mismatch_hint(model, mismatched, state)}')
+    model.load_state_dict(state, strict=True)
+    return checkpoint
+
+
+def default_pretrained_path(model_name):
+    return os.path.join(REPO_DIR, 'pretrained', f'{model_name}.pth.tar')
+
+
+def _download_imagenet(url, path):
+    hash_prefix = re.search(r'-([a-f0-9]{6,})\.', os.path.basename(url))
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    try:  # torch.hub writes to a temp file and checks the sha256 prefix in the file name
+        torch.hub.download_url_to_file(url, path, hash_prefix=hash_prefix and hash_prefix.group(1))
+    except (urllib.error.URLError, OSError, RuntimeError) as e:
+        raise CheckpointError(f'{path} not found and downloading {url} failed ({e}); download it where you '
+                              f'have internet and save it as {path}, or pass -pm PATH') from e
+
+
+def load_imagenet_trunk(model, path=None, model_name='resnet101', url=None):
+    """Load torchvision ImageNet weights (fc dropped) into model.resnet_101; the conv_buffers keep their init.
+
+    A missing file is downloaded from the official URL (sha256-prefix checked) unless offline.
+    """
+    path = path or default_pretrained_path(model_name)
+    if not os.path.isfile(path):
+        _download_imagenet(url or IMAGENET_URLS[model_name], path)
+    state = {k: v for k, v in _bare_state_dict(read_checkpoint(path)).items() if not k.startswith('fc.')}
+    trunk = model.resnet_101.state_dict()
+    expected = {k for k in trunk if not k.startswith('conv_buffer')}
+    mismatched = {k for k in expected & state.keys() if trunk[k].shape != state[k].shape}
+    if expected != state.keys() or mismatched:
+        raise CheckpointError(f'{path}: not {model_name} ImageNet weights: missing [{_listing(expected - state.keys())}]; '
+                              f'unexpected [{_listing(state.keys() - expected)}]; shape mismatch [{_listing(mismatched)}]')
+    model.resnet_101.load_state_dict(state, strict=False)
+    return model
