@@ -169,6 +169,7 @@ class GroupEmbed(nn.Module):
 
 CHUNK_ELEMENTS = {'cpu': 1 << 20}   # work tensor size per step: fits the CPU's L2 cache
 DEFAULT_CHUNK_ELEMENTS = 1 << 26    # accelerators: large steps, few kernel launches
+EXP_FLOOR = -80.0
 
 
 def _chunks(batch, nodes, per_item, device_type):
@@ -185,8 +186,10 @@ def _attention_weights(xt, lt, xmax, xmin):
     """Unnormalised exp(l·x_p − max_p l·x_p): xt (b, D, P), lt (D, n) -> (b, D, n, P)."""
     lt = lt.unsqueeze(0)                                                # (1, D, n)
     shift = torch.where(lt >= 0, lt * xmax.unsqueeze(-1), lt * xmin.unsqueeze(-1))   # (b, D, n)
-    logits = xt.unsqueeze(2) * lt.unsqueeze(-1)                       # (b, D, n, P)
-    return logits.sub_(shift.unsqueeze(-1)).exp_()
+    logits = torch.addcmul(-shift.unsqueeze(-1), xt.unsqueeze(2), lt.unsqueeze(-1))  # (b, D, n, P)
+    # exp is several times slower where its result underflows; e^-80 (1e-35) is already far
+    # below float32 resolution next to the largest weight, which is 1
+    return logits.clamp_min_(EXP_FLOOR).exp_()
 
 
 class _LeanAttention(torch.autograd.Function):
