@@ -1,6 +1,6 @@
 """Time and memory of MSRN's head on CPU: bare trunk vs plain-formula attention vs lean attention.
 
-    python bench/head.py [--configs voc coco] [--image-size 448] [--repeats 5]
+    python bench/head.py [--configs voc coco] [--image-size 448] [--repeats 5] [--device cuda --amp]
 
 Each case runs in its own process (fresh allocator, fresh peak counter). Per case it reports the
 median wall time of an eval forward (batch 1, no_grad) or a training step (batch 2, forward +
@@ -40,8 +40,36 @@ def _reset_peak():
         return False
 
 
-def run_case(config, case, mode, image_size, repeats):
-    """Runs in the child process; returns {'seconds', 'transient_mib'}."""
+class _CpuMemory:
+    """Peak RSS (KiB) via /proc; exact where the kernel lets us reset the peak."""
+
+    def start(self):
+        self.exact = _reset_peak()
+        self.base = _status_kib('VmRSS')
+
+    def peak(self):
+        peak = _status_kib('VmHWM') if self.exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak - self.base
+
+
+class _CudaMemory:
+    """Peak allocated CUDA memory (KiB) through the caching allocator's statistics."""
+    exact = True
+
+    def __init__(self, torch):
+        self.cuda = torch.cuda
+
+    def start(self):
+        self.cuda.synchronize()
+        self.cuda.reset_peak_memory_stats()
+        self.base = self.cuda.memory_allocated() / 1024
+
+    def peak(self):
+        return self.cuda.max_memory_allocated() / 1024 - self.base
+
+
+def run_case(config, case, mode, image_size, repeats, device, amp):
+    """Runs in the child process; returns {'seconds', 'transient_mib', 'exact_peak'}."""
     sys.path.insert(0, REPO)
     import numpy as np
     import torch
@@ -52,18 +80,20 @@ def run_case(config, case, mode, image_size, repeats):
     num_classes, pool_ratio = CONFIGS[config]
     graph = {'adj': np.ones((num_classes, num_classes)), 'nums': np.full(num_classes, 2.0)}
     attention = plain_label_attention if case == 'b' else lean_label_attention
-    model = MSRN(num_classes, pool_ratio, 'resnet101', graph, attention=attention)
+    model = MSRN(num_classes, pool_ratio, 'resnet101', graph, attention=attention).to(device)
     batch = MODES[mode]
-    img = torch.randn(batch, 3, image_size, image_size)
-    inp = torch.randn(batch, num_classes, 300)
+    img = torch.randn(batch, 3, image_size, image_size, device=device)
+    inp = torch.randn(batch, num_classes, 300, device=device)
+    memory = _CudaMemory(torch) if device == 'cuda' else _CpuMemory()
+    sync = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
 
     def step():
-        if case == 'a':
-            out = model.resnet_101(img)
-            loss = sum(f.float().mean() for f in out)
-        else:
-            logits, group_loss = model(img, inp)
-            loss = logits.sum() + group_loss
+        with torch.autocast(device, dtype=torch.float16, enabled=amp):
+            if case == 'a':
+                loss = sum(f.float().mean() for f in model.resnet_101(img))
+            else:
+                logits, group_loss = model(img, inp)
+                loss = logits.float().sum() + group_loss
         if mode == 'train':
             loss.backward()
 
@@ -73,23 +103,23 @@ def run_case(config, case, mode, image_size, repeats):
         grad_kib = sum(p.grad.numel() * p.grad.element_size() for p in model.parameters()
                        if p.grad is not None) / 1024
         model.zero_grad(set_to_none=True)
-        exact_peak = _reset_peak()
-        base_kib = _status_kib('VmRSS')
+        memory.start()
         times = []
         for _ in range(repeats):
             model.zero_grad(set_to_none=True)
+            sync()
             start = time.perf_counter()
             step()
+            sync()
             times.append(time.perf_counter() - start)
-    peak_kib = _status_kib('VmHWM') if exact_peak else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {'seconds': statistics.median(times), 'transient_mib': (peak_kib - base_kib - grad_kib) / 1024,
-            'exact_peak': exact_peak}
+    return {'seconds': statistics.median(times), 'transient_mib': (memory.peak() - grad_kib) / 1024,
+            'exact_peak': memory.exact}
 
 
-def spawn(config, case, mode, image_size, repeats):
+def spawn(config, case, mode, args):
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_='131072')  # big buffers go back to the OS when freed
-    cmd = [sys.executable, __file__, '--child', config, case, mode, '--image-size', str(image_size),
-           '--repeats', str(repeats)]
+    cmd = [sys.executable, __file__, '--child', config, case, mode, '--image-size', str(args.image_size),
+           '--repeats', str(args.repeats), '--device', args.device] + (['--amp'] if args.amp else [])
     out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -99,21 +129,25 @@ def main():
     parser.add_argument('--configs', nargs='+', default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument('--image-size', type=int, default=448)
     parser.add_argument('--repeats', type=int, default=5)
+    parser.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
+    parser.add_argument('--amp', action='store_true', help='float16 autocast (CUDA training setting)')
     parser.add_argument('--child', nargs=3, metavar=('CONFIG', 'CASE', 'MODE'), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(run_case(*args.child, args.image_size, args.repeats)))
+        print(json.dumps(run_case(*args.child, args.image_size, args.repeats, args.device, args.amp)))
         return
 
     import torch
-    print(f'# MSRN head benchmark: {args.image_size} px, CPU, {torch.get_num_threads()} threads, '
+    where = (torch.cuda.get_device_name() if args.device == 'cuda' else
+             f'CPU, {torch.get_num_threads()} threads')
+    print(f'# MSRN head benchmark: {args.image_size} px, {where}{", float16 autocast" if args.amp else ""}, '
           f'torch {torch.__version__}, median of {args.repeats}')
     print('| config | mode (batch) | case | time s | transient MiB | head adds MiB |')
     print('|---|---|---|---|---|---|')
     summary = []
     for config in args.configs:
         for mode, batch in MODES.items():
-            r = {case: spawn(config, case, mode, args.image_size, args.repeats) for case in CASES}
+            r = {case: spawn(config, case, mode, args) for case in CASES}
             for case, label in CASES.items():
                 added = r[case]['transient_mib'] - r['a']['transient_mib']
                 print(f"| {config} | {mode} ({batch}) | ({case}) {label} | {r[case]['seconds']:.3f} | "
