@@ -110,8 +110,8 @@ def download_file(urls, dest, sha256=None, size=None, timeout=60, progress=True)
         os.remove(part)
         errors.append(f'{url}: {why}, removed the download')
     resume = ' (run again to resume)' if os.path.exists(part) else ''
-    raise DownloadError(f'{dest}: download failed{resume}: {"; ".join(errors)}; '
-                        f'or download {urls[0]} by hand and put it there')
+    raise DownloadError(f'downloading {dest} failed{resume}: {"; ".join(errors)}; '
+                        f'or download {urls[0]} by hand and save it as {dest}')
 
 
 def _check_name(archive, name):
