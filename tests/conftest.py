@@ -1,6 +1,19 @@
+import os
+
 import pytest
 
 from tests.local_http import LocalServer
+from tools import synthetic_data
+
+OFFICIAL_DATA = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'reference', 'data')
+
+
+def official_file(rel):
+    """Path of an official data file in ../shared/reference/data, or skip the test without it."""
+    path = os.path.join(OFFICIAL_DATA, rel)
+    if not os.path.isfile(path):
+        pytest.skip(f'{rel}: ../shared/reference/data not available')
+    return path
 
 
 @pytest.fixture
@@ -9,3 +22,16 @@ def http_server():
     server = LocalServer()
     yield server
     server.close()
+
+
+@pytest.fixture(scope='session')
+def synthetic(tmp_path_factory):
+    """Synthetic datasets written once per run: synthetic(name) -> the writer's info dict.
+    Tests that change files must copy the folder first."""
+    written = {}
+
+    def get(name):
+        if name not in written:
+            written[name] = synthetic_data.WRITERS[name](str(tmp_path_factory.mktemp(name)))
+        return written[name]
+    return get
