@@ -116,7 +116,7 @@ def read_samples(root, phase, download=False):
     ann, cache = annotation_file(root, phase), cache_file(root, phase)
     if not os.path.isdir(images) and download:
         download_coco2014(root, phase)
-    cached = os.path.isfile(cache) and (not os.path.isfile(ann) or os.path.getmtime(cache) >= os.path.getmtime(ann))
+    cached = os.path.isfile(cache) and (not os.path.isfile(ann) or os.path.getmtime(cache) > os.path.getmtime(ann))
     if not cached and not os.path.isfile(ann) and download:
         download_coco2014(root, 'annotations')
     if not os.path.isdir(root):

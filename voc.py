@@ -128,7 +128,7 @@ def read_samples(root, split, download=False):
         raise DatasetError(f'{missing[0]}: not found; expected the VOC 2007 devkit layout under {root}: extract '
                            f'{os.path.basename(ARCHIVES[split].urls[0])} there, or allow downloading (download=True)')
     cache = cache_file(root, split)
-    if os.path.isfile(cache) and os.path.getmtime(cache) >= max(os.path.getmtime(p) for p in sources):
+    if os.path.isfile(cache) and os.path.getmtime(cache) > max(os.path.getmtime(p) for p in sources):
         labels = read_labels_csv(cache)
     else:
         labels = read_object_labels(root, split)

@@ -26,12 +26,13 @@ def http_server():
 
 @pytest.fixture(scope='session')
 def synthetic(tmp_path_factory):
-    """Synthetic datasets written once per run: synthetic(name) -> the writer's info dict.
-    Tests that change files must copy the folder first."""
+    """Synthetic datasets written once per run: synthetic(name, **options) -> the writer's info
+    dict (tools/synthetic_data.py). Tests that change files must copy the folder first."""
     written = {}
 
-    def get(name):
-        if name not in written:
-            written[name] = synthetic_data.WRITERS[name](str(tmp_path_factory.mktemp(name)))
-        return written[name]
+    def get(name, **options):
+        key = (name, tuple(sorted(options.items())))
+        if key not in written:
+            written[key] = synthetic_data.WRITERS[name](str(tmp_path_factory.mktemp(name)), **options)
+        return written[key]
     return get

@@ -6,7 +6,7 @@ background, so a small CNN separates the classes at 64 px. Labels are correlated
 1-3 objects, and the second is class c's partner (c + C/2) mod C with probability 0.7. Apparel
 draws one garment shape in its named colour. Everything is deterministic given ``seed``.
 
-Each ``write_*`` returns a dict with the paths a loader needs; with ``label_files=True`` it also
+Each ``write_*`` returns a dict with the paths a loader needs; with ``with_label_files`` it also
 writes ``<root>/<ds>_adj.pkl`` (``tools/build_adj.py`` on the training labels) and
 ``<root>/<ds>_glove_word2vec.pkl`` (random unit-scale vectors), so nothing is downloaded.
 
@@ -134,7 +134,7 @@ def _finish(root, dataset, train_targets, seed, with_label_files, **info):
     return info
 
 
-def write_voc(root, n_trainval=160, n_test=80, image_size=64, seed=0, label_files=True, difficult_prob=0.1):
+def write_voc(root, n_trainval=160, n_test=80, image_size=64, seed=0, with_label_files=True, difficult_prob=0.1):
     """VOC 2007 devkit layout: JPEGImages/<id>.jpg and ImageSets/Main/<class>_<set>.txt (1/-1/0)."""
     rng = np.random.default_rng(seed)
     num_classes = len(voc.CLASSES)
@@ -165,7 +165,7 @@ def write_voc(root, n_trainval=160, n_test=80, image_size=64, seed=0, label_file
             with open(os.path.join(main, f'{cls}_{split}.txt'), 'w') as f:
                 f.writelines(f'{name} {int(t[i]):2d}\n' for name, t in rows)
         targets[split] = np.stack([t for _, t in rows])
-    return _finish(root, 'voc', targets['trainval'], seed, label_files, targets=targets)
+    return _finish(root, 'voc', targets['trainval'], seed, with_label_files, targets=targets)
 
 
 def coco_category_id(k):
@@ -174,7 +174,7 @@ def coco_category_id(k):
     return 1 + (37 * k) % 97
 
 
-def write_coco(root, n_train=60, n_val=30, image_size=64, seed=0, label_files=True, n_unlabelled=2):
+def write_coco(root, n_train=60, n_val=30, image_size=64, seed=0, with_label_files=True, n_unlabelled=2):
     """COCO 2014 layout: <phase>2014/*.jpg and annotations/instances_<phase>2014.json; each phase also
     lists ``n_unlabelled`` images without annotations (the loader leaves them out)."""
     rng = np.random.default_rng(seed)
@@ -205,10 +205,10 @@ def write_coco(root, n_train=60, n_val=30, image_size=64, seed=0, label_files=Tr
         with open(path, 'w') as f:
             json.dump({'images': images, 'annotations': annotations, 'categories': categories}, f)
         targets[phase] = np.stack(rows)
-    return _finish(root, 'coco', targets['train'], seed, label_files, targets=targets)
+    return _finish(root, 'coco', targets['train'], seed, with_label_files, targets=targets)
 
 
-def write_nuswide(root, n_train=60, n_val=30, image_size=64, seed=0, label_files=True, empty_prob=0.05):
+def write_nuswide(root, n_train=60, n_val=30, image_size=64, seed=0, with_label_files=True, empty_prob=0.05):
     """ASL NUS-WIDE layout: <root>/nus_wid_data.csv (filepath,label,split_name) and images/*.jpg;
     rows of both splits are interleaved and some have no label (``[]``)."""
     rng = np.random.default_rng(seed)
@@ -228,10 +228,10 @@ def write_nuswide(root, n_train=60, n_val=30, image_size=64, seed=0, label_files
         writer.writerow(['filepath', 'label', 'split_name'])
         writer.writerows(rows)
     targets = {k: np.stack(v) for k, v in targets.items()}
-    return _finish(root, 'nuswide', targets['train'], seed, label_files, targets=targets)
+    return _finish(root, 'nuswide', targets['train'], seed, with_label_files, targets=targets)
 
 
-def write_apparel(root, n_per_folder=4, image_size=64, seed=0, label_files=True, layout='folders'):
+def write_apparel(root, n_per_folder=4, image_size=64, seed=0, with_label_files=True, layout='folders'):
     """Apparel: one garment in its colour per image, in the Kaggle ``<colour>_<garment>/`` folders,
     or (``layout='official'``) all in ``<root>/apparel/`` plus ``<root>/image_label.pkl`` (0 = present).
     The graph file counts all images: the split is the loader's business."""
@@ -239,8 +239,9 @@ def write_apparel(root, n_per_folder=4, image_size=64, seed=0, label_files=True,
     image_label = {}
     for folder in APPAREL_FOLDERS:
         colour, garment = folder.split('_')
-        for i in range(n_per_folder):
-            name = hashlib.sha1(f'{seed}/{folder}/{i}'.encode()).hexdigest() + '.jpg'
+        # sorted within a folder, as the official image_label.pkl was written
+        for name in sorted(hashlib.sha1(f'{seed}/{folder}/{i}'.encode()).hexdigest() + '.jpg'
+                           for i in range(n_per_folder)):
             img = background(rng, image_size, 120, 190)
             side = image_size * rng.uniform(0.45, 0.7)
             x0, y0 = rng.uniform(0, image_size - side, 2)
@@ -252,7 +253,7 @@ def write_apparel(root, n_per_folder=4, image_size=64, seed=0, label_files=True,
         info['image_label'] = os.path.join(root, 'image_label.pkl')
         label_files.save(info['image_label'], image_label)
     train_targets = np.where(np.array(list(image_label.values())) == 0, 1, -1)
-    return _finish(root, 'apparel', train_targets, seed, label_files, **info)
+    return _finish(root, 'apparel', train_targets, seed, with_label_files, **info)
 
 
 WRITERS = {'voc': write_voc, 'coco': write_coco, 'nuswide': write_nuswide, 'apparel': write_apparel}
