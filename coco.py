@@ -12,7 +12,7 @@ import os
 import numpy as np
 
 from dataset_base import MultiLabelDataset, write_cache
-from download import download_file, extract_archive
+from download import Archive, download_and_extract
 from errors import DatasetError
 
 CLASSES = sorted([
@@ -27,7 +27,6 @@ CLASSES = sorted([
     'teddy bear', 'hair drier', 'toothbrush'])
 PHASES = ('train', 'val')
 
-Archive = collections.namedtuple('Archive', 'urls size sha256')
 ARCHIVES = {  # the official URLs; sizes and sha256 of the published zips
     'train': Archive(('http://images.cocodataset.org/zips/train2014.zip',),
                      13510573713, 'ede4087e640bddba550e090eae701092534b554b42b05ac33f0300b984b31775'),
@@ -44,14 +43,6 @@ def annotation_file(root, phase):
 
 def cache_file(root, phase):
     return os.path.join(root, 'cache', f'{phase}_anno.json')
-
-
-def download_coco2014(root, part):
-    """Download (or resume) and extract ``part``: 'train', 'val' or 'annotations'."""
-    archive = ARCHIVES[part]
-    path = os.path.join(root, 'downloads', os.path.basename(archive.urls[0]))
-    download_file(archive.urls, path, sha256=archive.sha256, size=archive.size)
-    extract_archive(path, root)
 
 
 def _load_json(path, what):
@@ -115,10 +106,10 @@ def read_samples(root, phase, download=False):
     images = os.path.join(root, f'{phase}2014')
     ann, cache = annotation_file(root, phase), cache_file(root, phase)
     if not os.path.isdir(images) and download:
-        download_coco2014(root, phase)
+        download_and_extract(ARCHIVES[phase], root)
     cached = os.path.isfile(cache) and (not os.path.isfile(ann) or os.path.getmtime(cache) > os.path.getmtime(ann))
     if not cached and not os.path.isfile(ann) and download:
-        download_coco2014(root, 'annotations')
+        download_and_extract(ARCHIVES['annotations'], root)
     if not os.path.isdir(root):
         raise DatasetError(f'{root}: dataset folder not found; allow downloading (download=True) or pass the '
                            f'folder that holds {phase}2014/ and annotations/')

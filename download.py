@@ -6,6 +6,7 @@ download that fails the check is deleted. ``extract_archive`` refuses any tar/zi
 would land outside the target folder, and unpacks into a staging folder first, so an interrupted
 or refused extraction leaves the target untouched.
 """
+import collections
 import hashlib
 import os
 import posixpath
@@ -21,6 +22,8 @@ from tqdm import tqdm
 from errors import DatasetError
 
 CHUNK = 1 << 20
+
+Archive = collections.namedtuple('Archive', 'urls size sha256')  # mirrors of one file, pinned
 
 
 class DownloadError(DatasetError):
@@ -182,3 +185,10 @@ def extract_archive(archive, root):
         raise DownloadError(f'{archive}: corrupt archive ({e}); delete it and run again') from e
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def download_and_extract(archive, root):
+    """Download (or resume) ``archive`` into ``<root>/downloads/`` and extract it into ``root``."""
+    path = os.path.join(root, 'downloads', os.path.basename(archive.urls[0]))
+    download_file(archive.urls, path, sha256=archive.sha256, size=archive.size)
+    extract_archive(path, root)

@@ -4,14 +4,13 @@ Labels come from ``ImageSets/Main/<class>_<split>.txt`` (1 present, -1 absent, 0
 cached per split in ``<root>/files/VOC2007/classification_<split>.csv`` as ML-GCN does. Missing sets
 are downloaded from the official site (verified, resumable) and extracted safely.
 """
-import collections
 import csv
 import os
 
 import numpy as np
 
 from dataset_base import MultiLabelDataset, write_cache
-from download import download_file, extract_archive
+from download import Archive, download_and_extract
 from errors import DatasetError
 
 CLASSES = ['aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', 'cat', 'chair', 'cow',
@@ -19,7 +18,6 @@ CLASSES = ['aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', 'cat'
            'train', 'tvmonitor']
 SETS = ('trainval', 'test')
 
-Archive = collections.namedtuple('Archive', 'urls size sha256')
 # The official URLs (as ML-GCN) first, then a mirror of the same files; sizes and sha256 of the
 # published tars. The devkit tar is not fetched: it only holds MATLAB code, nothing read here.
 ARCHIVES = {
@@ -42,14 +40,6 @@ def _label_file(root, cls, split):
 
 def cache_file(root, split):
     return os.path.join(root, 'files', 'VOC2007', f'classification_{split}.csv')
-
-
-def download_voc2007(root, split):
-    """Download (or resume) and extract the official tar that holds ``split``."""
-    archive = ARCHIVES[split]
-    path = os.path.join(root, 'downloads', os.path.basename(archive.urls[0]))
-    download_file(archive.urls, path, sha256=archive.sha256, size=archive.size)
-    extract_archive(path, root)
 
 
 def _read_class_file(path):
@@ -119,7 +109,7 @@ def read_samples(root, split, download=False):
     sources = [_label_file(root, cls, split) for cls in CLASSES]
     missing = [p for p in sources if not os.path.isfile(p)]
     if missing and download:
-        download_voc2007(root, split)
+        download_and_extract(ARCHIVES[split], root)
         missing = [p for p in sources if not os.path.isfile(p)]
     if missing:
         if not os.path.isdir(root):

@@ -8,6 +8,7 @@ import zipfile
 import pytest
 
 import coco
+from download import Archive
 from errors import DatasetError
 
 
@@ -95,7 +96,7 @@ def test_downloads_the_zips(synthetic, tmp_path, http_server, monkeypatch):
                 z.write(os.path.join(src, folder, name), f'{folder}/{name}')
         data = zip_path.read_bytes()
         http_server.files[f'/{part}.zip'] = data
-        monkeypatch.setitem(coco.ARCHIVES, part, coco.Archive(
+        monkeypatch.setitem(coco.ARCHIVES, part, Archive(
             (http_server.url(f'/{part}.zip'),), len(data), hashlib.sha256(data).hexdigest()))
     root = str(tmp_path / 'fresh')
     ds = coco.COCO2014(root, phase='train', inp_name=os.path.join(src, 'coco_glove_word2vec.pkl'))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import voc
-from download import DownloadError
+from download import Archive, DownloadError
 from errors import DatasetError
 
 
@@ -112,7 +112,7 @@ def served_tars(synthetic, tmp_path, http_server, monkeypatch):
                 t.add(os.path.join(src, rel), rel)
         data = tar_path.read_bytes()
         http_server.files[f'/{split}.tar'] = data
-        monkeypatch.setitem(voc.ARCHIVES, split, voc.Archive(
+        monkeypatch.setitem(voc.ARCHIVES, split, Archive(
             (http_server.url(f'/{split}.tar'),), len(data), hashlib.sha256(data).hexdigest()))
     return src
 
