@@ -108,6 +108,8 @@ def read_samples(root, split, download=False):
         raise DatasetError(f'VOC 2007 split {split!r} unknown; use one of {", ".join(SETS)}')
     sources = [_label_file(root, cls, split) for cls in CLASSES]
     missing = [p for p in sources if not os.path.isfile(p)]
+    if missing and any(os.path.isdir(os.path.join(root, inner, 'ImageSets')) for inner in ('', 'VOC2007')):
+        raise DatasetError(f'{root}: this is a folder inside VOCdevkit/; pass the folder that holds VOCdevkit/')
     if missing and download:
         download_and_extract(ARCHIVES[split], root)
         missing = [p for p in sources if not os.path.isfile(p)]

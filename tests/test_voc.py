@@ -96,6 +96,12 @@ def test_missing_label_files_without_download(root):
     assert label_file(root, 'sofa', 'test') in str(e.value) and 'VOCtest_06-Nov-2007.tar' in str(e.value)
 
 
+def test_root_given_too_deep_is_not_downloaded_into(root):
+    for inner in ('VOCdevkit', os.path.join('VOCdevkit', 'VOC2007')):
+        with pytest.raises(DatasetError, match='pass the folder that holds VOCdevkit/'):
+            make(os.path.join(root, inner), download=True)
+
+
 @pytest.fixture
 def served_tars(synthetic, tmp_path, http_server, monkeypatch):
     """The synthetic VOC as the two official tars on the local server, pinned in voc.ARCHIVES."""

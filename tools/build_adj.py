@@ -2,8 +2,7 @@
 
 ``adj[i, j]`` = number of training images in which labels i and j are both present (diagonal 0),
 ``nums[i]`` = number of training images in which label i is present, both int64. Only a 1
-counts as present: VOC's 0 (difficult) counts as absent, as in the official voc_adj.pkl (its
-2008 "person" images are the trainval images labelled 1).
+counts as present: VOC's 0 (difficult) counts as absent.
 
     python tools/build_adj.py voc /data/VOC2007 data/voc/voc_adj.pkl [--split trainval]
 
