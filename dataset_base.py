@@ -86,6 +86,10 @@ class MultiLabelDataset(data.Dataset):
                  target_transform=None, download=True, skip_corrupt=False):
         if not samples:
             raise DatasetError(f'{source}: no images in {description}; check the split name and the file')
+        self.classes = list(classes)
+        self.num_classes = len(self.classes)
+        self.inp_name = inp_name or label_files.default_file(dataset, 'word')
+        self.inp = torch.from_numpy(label_files.load_word_vectors(self.inp_name, self.num_classes, download=download))
         check_present([path for path, _, _ in samples], source)
         self.skipped = self._unreadable_samples(samples, source) if skip_corrupt else []
         if self.skipped:
@@ -93,15 +97,11 @@ class MultiLabelDataset(data.Dataset):
             samples = [s for s in samples if s[0] not in bad]
             if not samples:
                 raise DatasetError(f'{source}: every image of {description} is unreadable')
-        self.classes = list(classes)
-        self.num_classes = len(self.classes)
         self.transform = transform
         self.target_transform = target_transform
         self.paths = [path for path, _, _ in samples]
         self.names = [name for _, name, _ in samples]
         self.targets = torch.from_numpy(np.stack([target for _, _, target in samples]).astype(np.float32))
-        self.inp_name = inp_name or label_files.default_file(dataset, 'word')
-        self.inp = torch.from_numpy(label_files.load_word_vectors(self.inp_name, self.num_classes, download=download))
         print(f'[dataset] {description}: {len(self)} images, {self.num_classes} classes')
 
     @staticmethod

@@ -1,4 +1,5 @@
 """The item contract and the bad-input errors, the same for the four loaders (synthetic data)."""
+import hashlib
 import os
 import shutil
 
@@ -9,6 +10,7 @@ from PIL import Image
 
 import apparel
 import coco
+import label_files
 import nuswide
 import voc
 from errors import DatasetError
@@ -135,3 +137,38 @@ def test_unknown_split(synthetic, name):
     with pytest.raises(DatasetError) as e:
         load(name, write(synthetic, name)['root'], 'training')
     one_line_error(e, "'training'", SPLITS[name][0])
+
+
+def test_dataloader_batches_and_worker_errors_keep_one_line(synthetic, tmp_path):
+    root = copy(write(synthetic, 'voc'), tmp_path)
+    ds = load('voc', root, 'test')
+    ds.transform = lambda im: torch.from_numpy(np.asarray(im, np.float32)).permute(2, 0, 1)
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, range(4)), batch_size=4, num_workers=1)
+    (images, names, inp), target = next(iter(loader))
+    assert images.shape == (4, 3, 64, 64) and list(names) == ds.names[:4]
+    assert inp.shape == (4, 20, 300) and target.shape == (4, 20)
+    with open(ds.paths[0], 'wb') as f:
+        f.write(b'broken')
+    batches = iter(loader)
+    with pytest.raises(DatasetError) as e:
+        next(batches)
+    assert next(batches, None) is None  # exhausted: the worker stops now rather than in a slow gc
+    assert '\n' in str(e.value)  # PyTorch's re-raise carries the worker traceback
+    assert e.value.line.startswith(f'{ds.paths[0]}: cannot read image') and '\n' not in e.value.line
+    with pytest.raises(DatasetError) as e:
+        ds[0]
+    assert e.value.line == str(e.value)
+
+
+def test_default_word_file_is_fetched(synthetic, tmp_path, monkeypatch, http_server):
+    info = write(synthetic, 'nuswide')
+    content = open(info['word_file'], 'rb').read()
+    http_server.files['/d/nuswide/nuswide_glove_word2vec.pkl'] = content
+    monkeypatch.setattr(label_files, 'DATA_DIR', str(tmp_path))
+    monkeypatch.setattr(label_files, 'BASE_URL', http_server.url('/d'))
+    monkeypatch.setitem(label_files.OFFICIAL_SHA256, 'nuswide/nuswide_glove_word2vec.pkl',
+                        hashlib.sha256(content).hexdigest())
+    with pytest.raises(LabelFileError, match='save it as'):
+        nuswide.NusWideClassification(info['root'], 'val', download=False)
+    ds = nuswide.NusWideClassification(info['root'], 'val')
+    assert ds.inp_name == str(tmp_path / 'nuswide' / 'nuswide_glove_word2vec.pkl') and ds.inp.shape == (81, 300)
