@@ -102,3 +102,13 @@ def test_bad_folder_name(synthetic, tmp_path):
 def test_root_without_garment_folders(tmp_path):
     with pytest.raises(DatasetError, match='no <colour>_<garment>/ folders with images; download https://www.kaggle'):
         make(str(tmp_path))
+
+
+def test_official_layout_needs_its_image_label_file(synthetic, tmp_path):
+    info = synthetic('apparel', layout='official')
+    missing = str(tmp_path / 'image_label.pkl')
+    with pytest.raises(DatasetError, match=f'{missing}: file not found'):
+        make(info['root'], image_label=missing)
+    label_files.save(missing, {'x.jpg': [0] * 10})
+    with pytest.raises(DatasetError, match="entry 'x.jpg'"):
+        make(info['root'], image_label=missing)

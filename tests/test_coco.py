@@ -104,3 +104,12 @@ def test_downloads_the_zips(synthetic, tmp_path, http_server, monkeypatch):
     assert sorted(os.listdir(root)) == ['annotations', 'cache', 'downloads', 'train2014']
     with pytest.raises(DatasetError, match='val2014: not found; extract val2014.zip'):
         make(root, 'val')
+
+
+def test_missing_annotation_file_without_cache(root):
+    os.remove(annotations(root, 'val'))
+    shutil.rmtree(os.path.join(root, 'cache'), ignore_errors=True)
+    with pytest.raises(DatasetError) as e:
+        make(root, 'val')
+    assert str(e.value) == (f'{annotations(root, "val")}: not found; extract annotations_trainval2014.zip into {root}, '
+                            f'or allow downloading (download=True)')
