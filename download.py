@@ -98,22 +98,22 @@ def download_file(urls, dest, sha256=None, size=None, timeout=60, progress=True)
         return dest
     os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
     part = dest + '.part'
-    errors = []
+    failures = []
     for url in urls:
         print(f'[download] {url} -> {dest}')
         try:
             _fetch(url, part, size, timeout, progress)
-        except (OSError, urllib.error.URLError) as e:  # HTTPError and timeouts are both OSError
-            errors.append(f'{url}: {getattr(e, "reason", None) or e}')
+        except OSError as e:  # URLError, HTTPError and timeouts all are
+            failures.append(f'{url}: {getattr(e, "reason", None) or e}')
             continue
         why = _mismatch(part, size, sha256)
         if why is None:
             os.replace(part, dest)
             return dest
         os.remove(part)
-        errors.append(f'{url}: {why}, removed the download')
+        failures.append(f'{url}: {why}, removed the download')
     resume = ' (run again to resume)' if os.path.exists(part) else ''
-    raise DownloadError(f'downloading {dest} failed{resume}: {"; ".join(errors)}; '
+    raise DownloadError(f'downloading {dest} failed{resume}: {"; ".join(failures)}; '
                         f'or download {urls[0]} by hand and save it as {dest}')
 
 

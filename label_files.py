@@ -23,7 +23,7 @@ from errors import DatasetError
 
 
 class LabelFileError(DatasetError):
-    """A graph or word-vector file is missing, unreadable or has the wrong shape."""
+    """A graph, word-vector or image-label file is missing, unreadable or has the wrong shape."""
 
 
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data')

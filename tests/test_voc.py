@@ -143,3 +143,10 @@ def test_download_checksum_mismatch_leaves_root_clean(served_tars, tmp_path, htt
     with pytest.raises(DownloadError, match='sha256'):
         voc.Voc2007Classification(str(root), 'test', inp_name='unused.pkl')
     assert [str(p.relative_to(root)) for p in root.rglob('*')] == ['downloads']
+
+
+def test_unwritable_cache_is_skipped_with_a_note(root, capsys):
+    with open(os.path.join(root, 'files'), 'w') as f:  # a file where the cache folder should go
+        f.write('in the way')
+    assert len(make(root)) == 160
+    assert 'cannot write the cache' in capsys.readouterr().out
