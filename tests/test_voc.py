@@ -146,6 +146,7 @@ def test_download_checksum_mismatch_leaves_root_clean(served_tars, tmp_path, htt
 
 
 def test_unwritable_cache_is_skipped_with_a_note(root, capsys):
+    shutil.rmtree(os.path.join(root, 'files'), ignore_errors=True)
     with open(os.path.join(root, 'files'), 'w') as f:  # a file where the cache folder should go
         f.write('in the way')
     assert len(make(root)) == 160
