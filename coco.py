@@ -71,7 +71,8 @@ def parse_annotations(path):
         labels = collections.defaultdict(set)
         for a in ann['annotations']:
             if a['category_id'] not in index:
-                raise DatasetError(f'{path}: annotation {a.get("id")} has unknown category_id {a["category_id"]}; {fix}')
+                raise DatasetError(f'{path}: annotation {a.get("id")} has unknown category_id '
+                                   f'{a["category_id"]}; {fix}')
             labels[a['image_id']].add(index[a['category_id']])
         files = {}
         for img in ann['images']:
@@ -90,7 +91,8 @@ def read_cache(path):
         isinstance(e, dict) and isinstance(e.get('file_name'), str) and isinstance(e.get('labels'), list)
         and all(isinstance(i, int) and 0 <= i < len(CLASSES) for i in e['labels']) for e in entries)
     if not ok:
-        raise DatasetError(f'{path}: not a list of {{"file_name", "labels"}} with labels in 0..{len(CLASSES) - 1}; {fix}')
+        raise DatasetError(f'{path}: not a list of {{"file_name", "labels"}} with labels in '
+                           f'0..{len(CLASSES) - 1}; {fix}')
     return entries
 
 

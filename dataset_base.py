@@ -116,7 +116,8 @@ class MultiLabelDataset(data.Dataset):
         if skipped:
             shown = '; '.join(f'{path} ({why})' for path, why in skipped[:3])
             more = f'; and {len(skipped) - 3} more' if len(skipped) > 3 else ''
-            print(f'[dataset] skipped {len(skipped)} of {len(paths)} unreadable images listed in {source}: {shown}{more}')
+            print(f'[dataset] skipped {len(skipped)} of {len(paths)} unreadable images listed in {source}: '
+                  f'{shown}{more}')
         return skipped
 
     def __len__(self):

@@ -64,7 +64,8 @@ def read_object_labels(root, split):
             if i == 0:
                 labels[name] = np.zeros(len(CLASSES), np.int8)
             elif name not in labels:
-                raise DatasetError(f'{path}:{lineno}: image {name} is not listed in {_label_file(root, CLASSES[0], split)}')
+                raise DatasetError(f'{path}:{lineno}: image {name} is not listed in '
+                                   f'{_label_file(root, CLASSES[0], split)}')
             labels[name][i] = label
             seen.add(name)
         if len(seen) != len(labels):

@@ -28,7 +28,8 @@ def tree(root):
 def test_download_verifies_and_renames(http_server, tmp_path):
     http_server.files['/a.bin'] = PAYLOAD
     dest = tmp_path / 'sub' / 'a.bin'
-    assert download_file(http_server.url('/a.bin'), str(dest), sha256=SHA, size=len(PAYLOAD), progress=False) == str(dest)
+    got = download_file(http_server.url('/a.bin'), str(dest), sha256=SHA, size=len(PAYLOAD), progress=False)
+    assert got == str(dest)
     assert dest.read_bytes() == PAYLOAD
     assert not (tmp_path / 'sub' / 'a.bin.part').exists()
     # an existing verified file is not fetched again

@@ -30,16 +30,16 @@ def test_build_adjacency_counts_only_present_labels():
 def test_build_adj_script_on_synthetic_voc(synthetic, tmp_path):
     info = synthetic('voc')
     out = str(tmp_path / 'voc_adj.pkl')
-    run = subprocess.run([sys.executable, os.path.join(REPO, 'tools', 'build_adj.py'), 'voc', info['root'], out],
-                         capture_output=True, text=True, cwd=str(tmp_path))
+    script = os.path.join(REPO, 'tools', 'build_adj.py')
+    run = subprocess.run([sys.executable, script, 'voc', info['root'], out], capture_output=True, text=True,
+                         cwd=str(tmp_path))
     assert run.returncode == 0, run.stderr
     graph = load_adjacency(out, 20)
     present = info['targets']['trainval'] == 1
     assert graph['nums'].tolist() == present.sum(0).tolist()
     i, j = 0, 10  # class 0's partner in the synthetic data
     assert graph['adj'][i, j] == (present[:, i] & present[:, j]).sum() > 0
-    bad = subprocess.run([sys.executable, os.path.join(REPO, 'tools', 'build_adj.py'), 'voc', str(tmp_path / 'no'), out],
-                         capture_output=True, text=True)
+    bad = subprocess.run([sys.executable, script, 'voc', str(tmp_path / 'no'), out], capture_output=True, text=True)
     assert bad.returncode == 1 and bad.stderr.count('\n') == 1 and 'dataset folder not found' in bad.stderr
 
 
@@ -107,7 +107,8 @@ def test_synthetic_voc_is_learnable_and_correlated(synthetic):
     for c in range(20):
         keep = y['test'][:, c] != 0
         if (y['test'][keep, c] == 1).any():
-            scores = LogisticRegression(max_iter=1000).fit(x['trainval'], y['trainval'][:, c] == 1).decision_function(x['test'])
+            model = LogisticRegression(max_iter=1000).fit(x['trainval'], y['trainval'][:, c] == 1)
+            scores = model.decision_function(x['test'])
             aps.append(average_precision_score(y['test'][keep, c] == 1, scores[keep]))
     chance = (y['test'] == 1).mean()
     assert len(aps) >= 15 and np.mean(aps) > 0.8 > 4 * chance

@@ -4,7 +4,6 @@ import shutil
 import tarfile
 import time
 
-import numpy as np
 import pytest
 
 import voc
