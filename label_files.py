@@ -1,12 +1,16 @@
-"""Read and check the label-graph and word-vector files that MSRN needs.
+"""Read and check the label-graph, word-vector and image-label files that MSRN needs.
 
 Formats (the official ones, see README "Datasets"):
 - graph file: pickle of ``{'adj': C×C co-occurrence counts, 'nums': C per-class counts}``,
   or ``.npz`` with arrays ``adj`` and ``nums``.
 - word file: pickle of a C×300 array (or a list of C lists), or ``.npy`` / ``.npz`` (one array).
+- Apparel ``image_label.pkl``: dict image file name -> C ints, 0 = present, -1 = absent.
 
 Pickles are read with an unpickler that only admits plain containers and numpy arrays, so a
 tampered file cannot run code; still, only use files from sources you trust.
+
+The official files live under ``data/<dataset>/``; when one of them is missing it is downloaded
+from the official repository and checked against the sha256 pinned below.
 """
 import io
 import os
@@ -14,9 +18,48 @@ import pickle
 
 import numpy as np
 
+from download import download_file
+from errors import DatasetError
 
-class LabelFileError(ValueError):
-    """A graph or word-vector file is missing, unreadable or has the wrong shape."""
+
+class LabelFileError(DatasetError):
+    """A graph, word-vector or image-label file is missing, unreadable or has the wrong shape."""
+
+
+DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data')
+# Module constants, read at call time, so tests can point them at a local server and folder.
+BASE_URL = 'https://raw.githubusercontent.com/chehao2628/MSRN/main/data'
+OFFICIAL_SHA256 = {
+    'voc/voc_adj.pkl': 'e5ce7a18b115603acae0983ed85d94a38d2456d6796ea15f65dbeed2b0d996b0',
+    'voc/voc_glove_word2vec.pkl': '0ca7081ae4d373e9c174c1ce25ed5d416e43c9d25b2f51462e9b6dbd6ffc3970',
+    'coco/coco_adj.pkl': '351765f9684a6aa9a6025d0c76c2c5488cd54183a4601a91dc39cf62dffe4c08',
+    'coco/coco_glove_word2vec.pkl': 'a1215dd18e1e5f9560a4b25be4df5cbc83f02461f03774602492640a6c58ddf8',
+    'nuswide/nuswide_adj.pkl': '53c86543c29d617ecbf5d722cfa1702ca7815016139572d8bcd2caa03d7b7598',
+    'nuswide/nuswide_glove_word2vec.pkl': '5ac6bd3f3263f03e669bf998ecd03f11c2f07e549290c7922cdcf5f433243605',
+    'apparel/apparel_adj.pkl': 'ba5dad3929e7beb506828bdb39bfd657de937aa5b4a15ff8e7d4545afe8553cf',
+    'apparel/apparel_glove_word2vec.pkl': '5e0c5d236715a2ef93d8c57402ce3ae97bfeee40e4b402922eba51758dad4c7c',
+    'apparel/image_label.pkl': 'd59ce818815f2d6ba292e7f797949bd8a3b47dc5e50a1a340846d8e67ea52545',
+}
+
+
+def default_file(dataset, kind):
+    """Path of the official ``kind`` file ('graph', 'word' or, for apparel, 'image_label')."""
+    name = {'graph': f'{dataset}_adj.pkl', 'word': f'{dataset}_glove_word2vec.pkl',
+            'image_label': 'image_label.pkl'}[kind]
+    return os.path.join(DATA_DIR, dataset, name)
+
+
+def ensure_file(path, download=True):
+    """Return ``path``; if it is a missing official file under ``DATA_DIR``, download it first."""
+    if os.path.isfile(path):
+        return path
+    rel = os.path.relpath(os.path.abspath(path), DATA_DIR).replace(os.sep, '/')
+    if rel not in OFFICIAL_SHA256:
+        raise LabelFileError(f'{path}: file not found')
+    url = f'{BASE_URL.rstrip("/")}/{rel}'
+    if not download:
+        raise LabelFileError(f'{path}: file not found; download {url} and save it as {os.path.abspath(path)}')
+    return download_file(url, path, sha256=OFFICIAL_SHA256[rel])
 
 
 # numpy moved its internals from numpy.core to numpy._core in 2.0; pickles name either.
@@ -39,11 +82,9 @@ def _read_pickle(path):
         return _ArrayUnpickler(io.BytesIO(f.read())).load()
 
 
-def _read(path):
+def _read(path, download):
     """Load a .pkl/.npy/.npz file into Python objects, or raise LabelFileError."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise LabelFileError(f'{path}: file not found')
+    path = ensure_file(os.fspath(path), download)
     ext = os.path.splitext(path)[1].lower()
     try:
         if ext == '.npy':
@@ -56,9 +97,24 @@ def _read(path):
         raise LabelFileError(f'{path}: cannot read ({e}); expected the official pickle, .npy or .npz format') from e
 
 
-def load_adjacency(path, num_classes=None):
+def save(path, obj):
+    """Write a graph dict or word-vector array as ``.npz`` / ``.npy`` / pickle, by extension."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    if path.endswith('.npz') and isinstance(obj, dict):
+        np.savez(path, **obj)
+    elif path.endswith('.npz'):
+        np.savez(path, obj)
+    elif path.endswith('.npy'):
+        np.save(path, obj)
+    else:
+        with open(path, 'wb') as f:
+            # protocol 5 would store arrays through numpy's _frombuffer, which the reader above refuses
+            pickle.dump(obj, f, protocol=4)
+
+
+def load_adjacency(path, num_classes=None, download=True):
     """Return ``{'adj': float64 [C, C], 'nums': float64 [C]}`` from a graph file."""
-    obj = _read(path)
+    obj = _read(path, download)
     if not isinstance(obj, dict) or 'adj' not in obj or 'nums' not in obj:
         raise LabelFileError(f"{path}: expected a dict with keys 'adj' and 'nums' (co-occurrence and per-class counts)")
     adj = np.asarray(obj['adj'], dtype=np.float64)
@@ -74,9 +130,9 @@ def load_adjacency(path, num_classes=None):
     return {'adj': adj, 'nums': nums}
 
 
-def load_word_vectors(path, num_classes=None, dim=300):
+def load_word_vectors(path, num_classes=None, dim=300, download=True):
     """Return the label word vectors as a float32 array [C, dim]."""
-    obj = _read(path)
+    obj = _read(path, download)
     if isinstance(obj, dict):
         if len(obj) != 1:
             raise LabelFileError(f'{path}: expected one array of word vectors, found keys {sorted(obj)}')
@@ -93,3 +149,23 @@ def load_word_vectors(path, num_classes=None, dim=300):
     if not np.isfinite(vectors).all():
         raise LabelFileError(f'{path}: word vectors contain NaN or infinity')
     return vectors
+
+
+def load_image_labels(path, num_classes, download=True):
+    """Return the Apparel map image file name -> float32 target [C] (1 present, -1 absent), in file order.
+
+    The official ``image_label.pkl`` marks a present label with 0 (and the official loader maps
+    0 to 1); a file that uses 1 for present is refused rather than read as all-absent.
+    """
+    obj = _read(path, download)
+    if not isinstance(obj, dict) or not obj:
+        raise LabelFileError(f'{path}: expected a non-empty dict image file name -> list of {num_classes} labels')
+    labels = {}
+    for name, values in obj.items():
+        target = np.asarray(values) if isinstance(values, (list, tuple, np.ndarray)) else None
+        if not isinstance(name, str) or target is None or target.shape != (num_classes,) \
+                or not np.isin(target, (0, -1)).all():
+            raise LabelFileError(f'{path}: entry {name!r}: {values!r} is not {num_classes} labels of 0 (present) '
+                                 f'or -1 (absent) as in the official image_label.pkl')
+        labels[name] = np.where(target == 0, 1, -1).astype(np.float32)
+    return labels

@@ -1,0 +1,133 @@
+"""What the four dataset loaders share: the item format, word vectors and image checks.
+
+A loader parses its annotation format into samples ``(image path, name, target)`` with targets
+in {1, 0, -1} (0 = difficult, VOC only) and hands them to ``MultiLabelDataset``, which serves
+``((image, name, word_vectors), target)`` as the official loaders do.
+"""
+import concurrent.futures
+import os
+
+import numpy as np
+import torch
+import torch.utils.data as data
+from PIL import Image
+from tqdm import tqdm
+
+import label_files
+from errors import DatasetError
+
+
+def _one_line(e):
+    return ' '.join(str(e).split())
+
+
+def read_image(path):
+    """Open ``path`` as an RGB PIL image, or raise DatasetError naming the file."""
+    try:
+        with Image.open(path) as im:
+            return im.convert('RGB')
+    except FileNotFoundError:
+        raise DatasetError(f'{path}: image not found; check the dataset root') from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise DatasetError(f'{path}: cannot read image ({_one_line(e)}); replace the file, or leave unreadable '
+                           f'images out with skip_corrupt=True (demo scripts: --skip-corrupt)') from e
+
+
+def _unreadable(path):
+    """Return why ``path`` cannot be decoded, or None. JPEGs are decoded at 1/8 scale: the whole
+    file is still read, so truncation shows, at a fraction of the cost."""
+    try:
+        with Image.open(path) as im:
+            im.draft('RGB', (max(1, im.width // 8), max(1, im.height // 8)))
+            im.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        return _one_line(e)
+    return None
+
+
+def write_cache(path, write, **open_kwargs):
+    """Write a cache file with ``write(f)``, atomically (write, then rename). A read-only dataset
+    folder still works: the cache is skipped and the labels are parsed again next time."""
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path + '.tmp', 'w', **open_kwargs) as f:
+            write(f)
+        os.replace(path + '.tmp', path)
+    except OSError as e:
+        print(f'[dataset] cannot write the cache {path} ({e}); the labels will be parsed again next time')
+
+
+def check_present(paths, source):
+    """Raise DatasetError naming the first of ``paths`` that does not exist (one listing per folder)."""
+    listed = {}
+    missing = []
+    for path in paths:
+        folder, name = os.path.split(path)
+        if folder not in listed:
+            listed[folder] = set(os.listdir(folder)) if os.path.isdir(folder) else set()
+        if name not in listed[folder]:
+            missing.append(path)
+    if missing:
+        raise DatasetError(f'{missing[0]}: image listed in {source} not found ({len(missing)} of {len(paths)} '
+                           f'listed images are missing); check the dataset root, or download/extract the images again')
+
+
+class MultiLabelDataset(data.Dataset):
+    """Serves ``((image, name, word_vectors), target)``: image after ``transform`` (PIL if None),
+    name a string, word_vectors the float32 tensor [C, 300] shared by every item, target a float32
+    tensor [C] (1 positive, -1 negative, 0 difficult) after ``target_transform``.
+
+    ``transform`` and ``target_transform`` are public: the engine sets them after construction.
+    With ``skip_corrupt`` every image is decoded once here and unreadable ones are left out and
+    reported; without it an unreadable image raises DatasetError when it is loaded.
+    """
+
+    def __init__(self, samples, classes, *, dataset, source, description, inp_name=None, transform=None,
+                 target_transform=None, download=True, skip_corrupt=False):
+        if not samples:
+            raise DatasetError(f'{source}: no images in {description}; check the split name and the file')
+        self.classes = list(classes)
+        self.num_classes = len(self.classes)
+        self.inp_name = inp_name or label_files.default_file(dataset, 'word')
+        self.inp = torch.from_numpy(label_files.load_word_vectors(self.inp_name, self.num_classes, download=download))
+        check_present([path for path, _, _ in samples], source)
+        self.skipped = self._unreadable_samples(samples, source) if skip_corrupt else []
+        if self.skipped:
+            bad = {path for path, _ in self.skipped}
+            samples = [s for s in samples if s[0] not in bad]
+            if not samples:
+                raise DatasetError(f'{source}: every image of {description} is unreadable')
+        self.transform = transform
+        self.target_transform = target_transform
+        self.paths = [path for path, _, _ in samples]
+        self.names = [name for _, name, _ in samples]
+        self.targets = torch.from_numpy(np.stack([target for _, _, target in samples]).astype(np.float32))
+        print(f'[dataset] {description}: {len(self)} images, {self.num_classes} classes')
+
+    @staticmethod
+    def _unreadable_samples(samples, source):
+        """Return [(path, reason)] for the images that cannot be decoded, and print the count."""
+        paths = [path for path, _, _ in samples]
+        workers = min(8, os.cpu_count() or 1)
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:  # PIL decodes without the GIL
+            reasons = list(tqdm(pool.map(_unreadable, paths), total=len(paths), desc='checking images',
+                                disable=len(paths) < 1000))
+        skipped = [(path, why) for path, why in zip(paths, reasons) if why is not None]
+        if skipped:
+            shown = '; '.join(f'{path} ({why})' for path, why in skipped[:3])
+            more = f'; and {len(skipped) - 3} more' if len(skipped) > 3 else ''
+            print(f'[dataset] skipped {len(skipped)} of {len(paths)} unreadable images listed in {source}: '
+                  f'{shown}{more}')
+        return skipped
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, index):
+        img = read_image(self.paths[index])
+        if self.transform is not None:
+            img = self.transform(img)
+        target = self.targets[index].clone()
+        if self.target_transform is not None:
+            target = self.target_transform(target)
+        return (img, self.names[index], self.inp), target

@@ -1,0 +1,175 @@
+import hashlib
+import io
+import os
+import socket
+import tarfile
+import zipfile
+
+import pytest
+
+from download import DownloadError, download_file, extract_archive
+
+PAYLOAD = bytes(range(256)) * 400  # 100 KiB
+SHA = hashlib.sha256(PAYLOAD).hexdigest()
+
+
+def tree(root):
+    """Every path under root with its content (None for folders), to show nothing else changed."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for d in dirnames:
+            out[os.path.relpath(os.path.join(dirpath, d), root)] = None
+        for f in filenames:
+            p = os.path.join(dirpath, f)
+            out[os.path.relpath(p, root)] = open(p, 'rb').read()
+    return out
+
+
+def test_download_verifies_and_renames(http_server, tmp_path):
+    http_server.files['/a.bin'] = PAYLOAD
+    dest = tmp_path / 'sub' / 'a.bin'
+    got = download_file(http_server.url('/a.bin'), str(dest), sha256=SHA, size=len(PAYLOAD), progress=False)
+    assert got == str(dest)
+    assert dest.read_bytes() == PAYLOAD
+    assert not (tmp_path / 'sub' / 'a.bin.part').exists()
+    # an existing verified file is not fetched again
+    download_file(http_server.url('/a.bin'), str(dest), sha256=SHA, progress=False)
+    assert len(http_server.requests) == 1
+
+
+def test_interrupted_download_resumes_with_range(http_server, tmp_path):
+    http_server.files['/a.bin'] = PAYLOAD
+    http_server.cut['/a.bin'] = 30000
+    dest = str(tmp_path / 'a.bin')
+    with pytest.raises(DownloadError, match='run again to resume'):
+        download_file(http_server.url('/a.bin'), dest, sha256=SHA, progress=False)
+    assert os.path.getsize(dest + '.part') == 30000 and not os.path.exists(dest)
+    download_file(http_server.url('/a.bin'), dest, sha256=SHA, progress=False)
+    assert http_server.requests[-1] == ('/a.bin', 'bytes=30000-')
+    assert open(dest, 'rb').read() == PAYLOAD
+
+
+def test_server_without_range_restarts_from_zero(http_server, tmp_path):
+    http_server.files['/a.bin'] = PAYLOAD
+    http_server.honour_range = False
+    dest = str(tmp_path / 'a.bin')
+    with open(dest + '.part', 'wb') as f:
+        f.write(PAYLOAD[:1000])
+    download_file(http_server.url('/a.bin'), dest, sha256=SHA, progress=False)
+    assert open(dest, 'rb').read() == PAYLOAD
+
+
+def test_checksum_mismatch_removes_partial_and_nothing_else(http_server, tmp_path):
+    http_server.files['/a.bin'] = PAYLOAD[:-1] + b'X'
+    (tmp_path / 'keep.txt').write_text('mine')
+    (tmp_path / 'a.bin.other').write_text('also mine')
+    before = tree(tmp_path)
+    with pytest.raises(DownloadError) as e:
+        download_file(http_server.url('/a.bin'), str(tmp_path / 'a.bin'), sha256=SHA, progress=False)
+    msg = str(e.value)
+    assert '\n' not in msg and str(tmp_path / 'a.bin') in msg and 'expected ' + SHA in msg
+    assert tree(tmp_path) == before
+
+
+def test_wrong_size_is_rejected_before_hashing(http_server, tmp_path):
+    http_server.files['/a.bin'] = PAYLOAD
+    with pytest.raises(DownloadError, match='expected 5 bytes'):
+        download_file(http_server.url('/a.bin'), str(tmp_path / 'a.bin'), size=5, progress=False)
+    assert os.listdir(tmp_path) == []
+
+
+def test_falls_back_to_the_next_url(http_server, tmp_path):
+    http_server.files['/mirror.bin'] = PAYLOAD
+    dest = str(tmp_path / 'a.bin')
+    download_file([http_server.url('/missing.bin'), http_server.url('/mirror.bin')], dest, sha256=SHA, progress=False)
+    assert open(dest, 'rb').read() == PAYLOAD
+
+
+def test_unreachable_server_gives_one_line(tmp_path):
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    with pytest.raises(DownloadError) as e:
+        download_file(f'http://127.0.0.1:{port}/a.bin', str(tmp_path / 'a.bin'), progress=False, timeout=5)
+    assert '\n' not in str(e.value) and 'by hand' in str(e.value)
+
+
+def test_existing_bad_file_is_reported_not_deleted(tmp_path):
+    dest = tmp_path / 'a.bin'
+    dest.write_bytes(b'not it')
+    with pytest.raises(DownloadError, match='delete it'):
+        download_file('http://127.0.0.1:9/a.bin', str(dest), sha256=SHA, progress=False)
+    assert dest.read_bytes() == b'not it'
+
+
+def make_tar(path, members):
+    """members: list of (name, bytes) files or (name, ('sym'|'hard', target)) links."""
+    with tarfile.open(path, 'w') as t:
+        for name, content in members:
+            info = tarfile.TarInfo(name)
+            if isinstance(content, tuple):
+                info.type = tarfile.SYMTYPE if content[0] == 'sym' else tarfile.LNKTYPE
+                info.linkname = content[1]
+                t.addfile(info)
+            else:
+                info.size = len(content)
+                t.addfile(info, io.BytesIO(content))
+
+
+def test_extracts_tar_and_merges_into_existing_folders(tmp_path):
+    root = tmp_path / 'root'
+    make_tar(tmp_path / 'one.tar', [('top/a/x.txt', b'x'), ('top/link', ('sym', 'a/x.txt'))])
+    make_tar(tmp_path / 'two.tar', [('top/a/y.txt', b'y'), ('top/b/z.txt', b'z')])
+    extract_archive(str(tmp_path / 'one.tar'), str(root))
+    extract_archive(str(tmp_path / 'two.tar'), str(root))
+    assert (root / 'top/a/x.txt').read_bytes() == b'x' and (root / 'top/a/y.txt').read_bytes() == b'y'
+    assert (root / 'top/link').read_bytes() == b'x'
+    assert sorted(os.listdir(root)) == ['top']  # no staging folder left
+
+
+@pytest.mark.parametrize('members', [
+    [('ok.txt', b'1'), ('../evil.txt', b'2')],
+    [('/tmp/evil.txt', b'2')],
+    [('a/../../evil.txt', b'2')],
+    [('link', ('sym', '../outside'))],
+    [('link', ('sym', '/etc/passwd'))],
+    [('d/link', ('sym', '../../outside'))],
+    [('hard', ('hard', '../outside'))],
+], ids=['dotdot', 'absolute', 'nested-dotdot', 'symlink-up', 'symlink-abs', 'symlink-nested', 'hardlink'])
+def test_tar_members_escaping_root_are_refused(tmp_path, members):
+    root = tmp_path / 'root'
+    root.mkdir()
+    (root / 'existing.txt').write_text('keep')
+    make_tar(tmp_path / 'bad.tar', members)
+    before = tree(tmp_path)
+    with pytest.raises(DownloadError, match='refusing'):
+        extract_archive(str(tmp_path / 'bad.tar'), str(root))
+    assert tree(tmp_path) == before
+
+
+def test_zip_extraction_and_refusals(tmp_path):
+    root = tmp_path / 'root'
+    with zipfile.ZipFile(tmp_path / 'good.zip', 'w') as z:
+        z.writestr('train2014/a.jpg', b'a')
+    extract_archive(str(tmp_path / 'good.zip'), str(root))
+    assert (root / 'train2014/a.jpg').read_bytes() == b'a'
+
+    with zipfile.ZipFile(tmp_path / 'up.zip', 'w') as z:
+        z.writestr('fine.txt', b'1')
+        z.writestr('..\\evil.txt', b'2')
+    info = zipfile.ZipInfo('link')
+    info.external_attr = (0o120777 << 16)
+    with zipfile.ZipFile(tmp_path / 'sym.zip', 'w') as z:
+        z.writestr(info, '../outside')
+    before = tree(tmp_path)
+    for bad in ('up.zip', 'sym.zip'):
+        with pytest.raises(DownloadError, match='refusing'):
+            extract_archive(str(tmp_path / bad), str(root))
+    assert tree(tmp_path) == before
+
+
+def test_corrupt_archive_is_one_line(tmp_path):
+    (tmp_path / 'x.tar').write_bytes(b'garbage' * 100)
+    with pytest.raises(DownloadError) as e:
+        extract_archive(str(tmp_path / 'x.tar'), str(tmp_path / 'root'))
+    assert 'not a zip or tar' in str(e.value) and '\n' not in str(e.value)

@@ -1,0 +1,53 @@
+"""Rebuild a label-graph file ``{'adj', 'nums'}`` from a dataset's training labels, as ML-GCN did.
+
+``adj[i, j]`` = number of training images in which labels i and j are both present (diagonal 0),
+``nums[i]`` = number of training images in which label i is present, both int64. Only a 1
+counts as present: VOC's 0 (difficult) counts as absent.
+
+    python tools/build_adj.py voc /data/VOC2007 data/voc/voc_adj.pkl [--split trainval]
+
+Writes a pickle (or ``.npz`` when OUT ends so) that ``label_files.load_adjacency`` reads.
+"""
+import argparse
+import os
+import sys
+
+import numpy as np
+
+if __package__ in (None, ''):  # run as a script: make the repo's modules importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import label_files  # noqa: E402
+from errors import DatasetError  # noqa: E402
+from tools import TRAIN_SPLIT, dataset_module  # noqa: E402
+
+
+def build_adjacency(targets):
+    """targets [N, C] in {1, 0, -1} -> {'adj': int64 [C, C], 'nums': int64 [C]}."""
+    present = (np.asarray(targets) == 1).astype(np.int64)  # (N, C)
+    adj = present.T @ present  # (C, C)
+    np.fill_diagonal(adj, 0)
+    return {'adj': adj, 'nums': present.sum(0)}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('dataset', choices=sorted(TRAIN_SPLIT), help='dataset loader to read the labels with')
+    parser.add_argument('root', help='dataset folder, as given to the demo script')
+    parser.add_argument('out', help='file to write (.pkl, or .npz)')
+    parser.add_argument('--split', help='split to count (default: the training split)')
+    parser.add_argument('--image-label', help='apparel only: official image_label.pkl for the one-folder layout')
+    args = parser.parse_args(argv)
+    options = {'image_label': args.image_label} if args.dataset == 'apparel' else {}
+    samples = dataset_module(args.dataset).read_samples(args.root, args.split or TRAIN_SPLIT[args.dataset], **options)
+    graph = build_adjacency(np.stack([target for _, _, target in samples]))
+    label_files.save(args.out, graph)
+    print(f'wrote {args.out}: {len(samples)} images, {len(graph["nums"])} classes, '
+          f'{int(graph["adj"].sum()) // 2} co-occurring label pairs')
+
+
+if __name__ == '__main__':
+    try:
+        main()
+    except DatasetError as e:
+        sys.exit(f'error: {e}')
