@@ -92,3 +92,17 @@ def all_gather_objects(obj):
     objects = [None] * get_world_size()
     dist.all_gather_object(objects, obj)
     return objects
+
+
+def barrier():
+    """Wait for every process (no-op in a single process)."""
+    if is_dist():
+        dist.barrier()
+
+
+def cleanup():
+    """Leave the process group once every process got here (a rank that tears down gloo while
+    another still talks to it can abort)."""
+    if is_dist():
+        dist.barrier()
+        dist.destroy_process_group()

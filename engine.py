@@ -228,6 +228,7 @@ class Engine:
                 print('=> evaluating the weights as built (no resume checkpoint given)')
             score = self.validate(val_loader, net, criterion)
             self._write_eval('eval.json', epoch=s['start_epoch'])
+            distributed.barrier()  # every process returns once rank 0 has written its files
             return score
 
         if optimizer is None:
@@ -262,6 +263,7 @@ class Engine:
             print(f"Epoch {epoch + 1}/{s['max_epochs']}  lr {', '.join(f'{lr:g}' for lr in lrs)}  "
                   f'train loss {train_loss:.4f} mAP {train_map:.2f}  val loss {val_loss:.4f} mAP {val_map:.3f}  '
                   f"best {s['best_score']:.3f}  {time.perf_counter() - start:.1f}s")
+        distributed.barrier()
         return s['best_score']
 
     def _save_epoch(self, model, optimizer, is_best, record):

@@ -34,7 +34,7 @@ def main(out_dir, checkpoint):
 
     make_engine(save_dir=os.path.join(out_dir, 'eval'), evaluate=True, resume=checkpoint).learning(
         ToyMSRN(), nn.MultiLabelSoftMarginLoss(), ToyDataset(30, seed=1), ToyDataset(11, seed=2))
-    dist.destroy_process_group()
+    distributed.cleanup()
 
 
 if __name__ == '__main__':
