@@ -111,7 +111,7 @@ class Engine:
     def on_end_batch(self, training, model, criterion, data_loader, optimizer=None, display=True):
         s = self.state
         s['meter_loss'].add(s['loss_batch'])
-        if display and s['print_freq'] and s['iteration'] % s['print_freq'] == 0:
+        if display and s['print_freq'] and s['iteration'] % s['print_freq'] == 0 and distributed.is_main_process():
             tqdm.write('{} [{}/{}]  time {:.3f} ({:.3f})  data {:.3f} ({:.3f})  loss {:.4f} ({:.4f})'.format(
                 f"Epoch [{s['epoch']}]" if training else 'Test', s['iteration'], len(data_loader),
                 s['batch_time_current'], s['batch_time'].value()[0], s['data_time_batch'],
@@ -201,9 +201,9 @@ class Engine:
         if distributed.get_world_size() == 1:
             return model
         device = self.state['device']
-        # find_unused_parameters: MSRN has parameters its forward never uses (W, B, conv_buffer0).
-        return DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda' else None,
-                                       find_unused_parameters=True)
+        # Every trainable parameter must get a gradient (MSRN freezes its unused W, B, conv_buffer0),
+        # so DDP can skip the per-iteration search for unused ones.
+        return DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda' else None)
 
     # ---- loops ------------------------------------------------------------------------------
     def learning(self, model, criterion, train_dataset, val_dataset, optimizer=None):
@@ -282,13 +282,11 @@ class Engine:
         report.plot_curves(s['save_dir'])
 
     def _write_eval(self, name, **extra):
+        """The eval JSON of the last validation, when there is one (multi-label engines)."""
         s = self.state
-        if s['save_dir'] and distributed.is_main_process():
+        if s['save_dir'] and distributed.is_main_process() and s.get('last_eval'):
             report.write_json(os.path.join(s['save_dir'], name), report.eval_record(
-                s['last_eval'], self.class_names(), loss=s['meter_loss'].value()[0], **extra))
-
-    def class_names(self):
-        return []
+                s['last_eval'], s.get('class_names'), loss=s['meter_loss'].value()[0], **extra))
 
     def train(self, data_loader, model, criterion, optimizer, epoch):
         model.train()
@@ -335,10 +333,6 @@ class MultiLabelMAPEngine(Engine):
         self.state['class_names'] = list(class_names) if class_names is not None else None
         self.state['ap_meter'] = AveragePrecisionMeter(difficult_examples)
 
-    def class_names(self):
-        n = self.state['last_eval']['num_classes']
-        return self.state['class_names'] or [str(i) for i in range(n)]
-
     def on_start_epoch(self, training, model, criterion, data_loader, optimizer=None, display=True):
         super().on_start_epoch(training, model, criterion, data_loader, optimizer, display)
         self.state['ap_meter'].reset()
@@ -370,8 +364,7 @@ class MultiLabelMAPEngine(Engine):
         if training or not distributed.is_main_process():
             return metrics.mean_average_precision(
                 metrics.average_precision(scores, targets, s['difficult_examples']))
-        s['last_eval'] = dict(metrics.evaluate(scores, targets, s['difficult_examples']),
-                              num_classes=scores.shape[1])
+        s['last_eval'] = metrics.evaluate(scores, targets, s['difficult_examples'])
         if display:
             print(report.format_summary(s['last_eval'], loss=s['meter_loss'].value()[0]))
         return s['last_eval']['mAP']

@@ -47,7 +47,9 @@ def write_json(path, obj):
 
 
 def eval_record(result, class_names, **extra):
-    """The eval JSON: every figure, plus the per-class AP table (percent, None without positive)."""
+    """The eval JSON: every figure, plus the per-class AP table (percent, None without positive).
+    ``class_names`` None: the class indices."""
+    class_names = class_names or [str(i) for i in range(len(result['ap']))]
     per_class = [{'class': name, 'ap': None if ap is None else 100 * ap}
                  for name, ap in zip(class_names, result['ap'])]
     record = {k: v for k, v in result.items() if k != 'ap'}

@@ -1,5 +1,6 @@
 """Run by test_distributed.py under torchrun (2 CPU processes): check the in-order gather, train
-one epoch with DDP, then evaluate a given checkpoint. Usage: ddp_worker.py OUT_DIR CHECKPOINT"""
+one epoch with DDP (toy model, then the real MSRN), then evaluate a given checkpoint.
+Usage: ddp_worker.py OUT_DIR CHECKPOINT"""
 import os
 import sys
 
@@ -11,6 +12,7 @@ import torch.nn as nn  # noqa: E402
 from torch.utils.data import DistributedSampler  # noqa: E402
 
 import distributed  # noqa: E402
+from models import MSRN  # noqa: E402
 from tests.toy import ToyDataset, ToyMSRN, make_engine, make_optimizer  # noqa: E402
 from util import seed_everything  # noqa: E402
 
@@ -31,6 +33,12 @@ def main(out_dir, checkpoint):
     weights = torch.cat([p.detach().flatten() for p in model.parameters()])
     replicas = distributed.all_gather_objects(weights)
     assert torch.equal(replicas[0], replicas[1]), 'replicas diverged'
+
+    # The real MSRN under DDP: every trainable parameter must get a gradient in every step.
+    msrn = MSRN(2, 0.5, model_name='resnet18', adj_file={'adj': [[0, 5], [4, 0]], 'nums': [10, 8]})
+    make_engine(max_epochs=1, image_size=64).learning(
+        msrn, nn.MultiLabelSoftMarginLoss(), ToyDataset(24, seed=1, size=72, num_classes=2),
+        ToyDataset(4, seed=2, size=72, num_classes=2), make_optimizer(msrn, lr=0.01))
 
     make_engine(save_dir=os.path.join(out_dir, 'eval'), evaluate=True, resume=checkpoint).learning(
         ToyMSRN(), nn.MultiLabelSoftMarginLoss(), ToyDataset(30, seed=1), ToyDataset(11, seed=2))

@@ -9,8 +9,8 @@ NUM_CLASSES = 4
 
 class ToyMSRN(nn.Module):
     """MSRN's interface: ``model(image, word_vectors) -> (logits [B, C], group_loss)``,
-    ``get_config_optim(lr)`` (trunk at lr x 0.1), normalisation attributes, and a parameter the
-    forward pass never uses (like MSRN's W, B)."""
+    ``get_config_optim(lr)`` (trunk at lr x 0.1), normalisation attributes, and a frozen parameter
+    the forward pass never uses (like MSRN's W, B)."""
     image_normalization_mean = [0.485, 0.456, 0.406]
     image_normalization_std = [0.229, 0.224, 0.225]
 
@@ -20,7 +20,7 @@ class ToyMSRN(nn.Module):
                                    nn.AdaptiveAvgPool2d(2), nn.Flatten())  # (B, 32)
         self.label_embed = nn.Linear(300, 32)
         self.bias = nn.Parameter(torch.zeros(num_classes))
-        self.W = nn.Parameter(torch.zeros(num_classes, 3))  # unused, as MSRN's W
+        self.W = nn.Parameter(torch.zeros(num_classes, 3), requires_grad=False)  # unused and frozen, as MSRN's W
 
     def forward(self, image, word_vectors):
         features = self.trunk(image)  # (B, 32)
