@@ -113,7 +113,7 @@ class Engine:
         s['meter_loss'].add(s['loss_batch'])
         if display and s['print_freq'] and s['iteration'] % s['print_freq'] == 0 and distributed.is_main_process():
             tqdm.write('{} [{}/{}]  time {:.3f} ({:.3f})  data {:.3f} ({:.3f})  loss {:.4f} ({:.4f})'.format(
-                f"Epoch [{s['epoch']}]" if training else 'Test', s['iteration'], len(data_loader),
+                f"Epoch [{s['epoch'] + 1}]" if training else 'Test', s['iteration'], len(data_loader),
                 s['batch_time_current'], s['batch_time'].value()[0], s['data_time_batch'],
                 s['data_time'].value()[0], s['loss_batch'], s['meter_loss'].value()[0]))
 
@@ -128,7 +128,7 @@ class Engine:
             return
         if not math.isfinite(s['loss_batch']):
             raise NonFiniteLossError(
-                f"training loss is {s['loss_batch']} at epoch {s['epoch']}, batch {s['iteration']}: "
+                f"training loss is {s['loss_batch']} at epoch {s['epoch'] + 1}, batch {s['iteration']}: "
                 'stopping (try a lower learning rate or gradient clipping, and check the data)')
         optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(s['loss']).backward()
@@ -255,8 +255,9 @@ class Engine:
             train_loss = s['meter_loss'].value()[0]
             val_map = self.validate(val_loader, net, criterion)
             val_loss = s['meter_loss'].value()[0]
-            is_best = val_map > s['best_score']
-            s['best_score'] = max(val_map, s['best_score'])
+            is_best = val_map > s['best_score']  # False for a NaN mAP, which must not become the best
+            if is_best:
+                s['best_score'] = val_map
             self._save_epoch(model, optimizer, is_best, dict(
                 epoch=epoch + 1, lr=lrs, train_loss=train_loss, train_mAP=train_map, val_loss=val_loss,
                 val_mAP=val_map, best_mAP=s['best_score'], time_s=round(time.perf_counter() - start, 3)))

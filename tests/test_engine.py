@@ -116,7 +116,7 @@ def test_non_finite_loss_stops_training(tmp_path):
         def forward(self, logits, y):
             return (logits * float('nan')).mean()
 
-    with pytest.raises(NonFiniteLossError, match='training loss is nan at epoch 0, batch 0'):
+    with pytest.raises(NonFiniteLossError, match='training loss is nan at epoch 1, batch 0'):
         run(tmp_path, max_epochs=1, criterion=NaNLoss())
     assert not (tmp_path / 'checkpoint.pth.tar').exists()
 
