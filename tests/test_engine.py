@@ -156,3 +156,9 @@ def test_build_engine_and_optimizer_from_args():
     optimizer = build_optimizer(args, ToyMSRN())
     assert [g['lr'] for g in optimizer.param_groups] == pytest.approx([0.02, 0.2])
     assert optimizer.defaults['momentum'] == 0.8 and optimizer.defaults['weight_decay'] == 1e-3
+
+
+def test_start_epoch_sets_the_first_epoch_and_the_schedule(tmp_path):
+    run(tmp_path, max_epochs=3, start_epoch=2)
+    log = [json.loads(line) for line in open(tmp_path / 'log.jsonl')]
+    assert [r['epoch'] for r in log] == [3] and log[0]['lr'] == pytest.approx([0.001, 0.01])  # past step 2
