@@ -106,7 +106,7 @@ def test_evaluate_only_and_released_checkpoint(tmp_path):
     assert score == pytest.approx(metrics.mean_average_precision(metrics.average_precision(logits, targets)),
                                   abs=1e-9)
 
-    model_b, _, engine, _ = run(tmp_path / 'train', max_epochs=8, resume=str(tmp_path / 'released.pth.tar'))
+    _, _, engine, _ = run(tmp_path / 'train', max_epochs=8, resume=str(tmp_path / 'released.pth.tar'))
     assert engine.state['start_epoch'] == 7
     assert [json.loads(line)['epoch'] for line in open(tmp_path / 'train' / 'log.jsonl')] == [8]
 

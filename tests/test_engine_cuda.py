@@ -20,8 +20,8 @@ def run(model, save_dir, max_epochs, resume=None, image_size=16, size=24, num_cl
     engine = make_engine(device='cuda', save_dir=save_dir, max_epochs=max_epochs, resume=resume,
                          image_size=image_size, class_names=None)
     scaler = engine.scaler
-    score = engine.learning(model, nn.MultiLabelSoftMarginLoss(), ToyDataset(30, seed=1, size=size, num_classes=num_classes),
-                            ToyDataset(10, seed=2, size=size, num_classes=num_classes), make_optimizer(model, lr=0.01))
+    data = [ToyDataset(n, seed=seed, size=size, num_classes=num_classes) for n, seed in ((30, 1), (10, 2))]
+    score = engine.learning(model, nn.MultiLabelSoftMarginLoss(), *data, make_optimizer(model, lr=0.01))
     assert engine.scaler is scaler  # one scaler for the whole run
     return engine, score
 
