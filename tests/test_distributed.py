@@ -1,0 +1,39 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn as nn
+
+from tests.toy import ToyDataset, ToyMSRN, make_engine
+from util import seed_everything
+
+WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'ddp_worker.py')
+
+
+def test_two_cpu_processes_train_and_evaluate_like_one(tmp_path):
+    seed_everything(11)
+    torch.save({'epoch': 0, 'arch': None, 'state_dict': ToyMSRN().state_dict(), 'best_score': 0.0},
+               tmp_path / 'weights.pth.tar')
+    single = make_engine(save_dir=tmp_path / 'single', evaluate=True, resume=str(tmp_path / 'weights.pth.tar'))
+    single.learning(ToyMSRN(), nn.MultiLabelSoftMarginLoss(), ToyDataset(30, seed=1), ToyDataset(11, seed=2))
+
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    proc = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
+                           WORKER, str(tmp_path / 'ddp'), str(tmp_path / 'weights.pth.tar')],
+                          env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    # Rank 0 alone wrote the files: one log line for one epoch.
+    assert len(open(tmp_path / 'ddp' / 'train' / 'log.jsonl').readlines()) == 1
+    assert torch.load(tmp_path / 'ddp' / 'train' / 'checkpoint.pth.tar', weights_only=True)['epoch'] == 1
+    # The gathered evaluation (11 images, padding dropped) equals the single-process one.
+    ddp = json.load(open(tmp_path / 'ddp' / 'eval' / 'eval.json'))
+    one = json.load(open(tmp_path / 'single' / 'eval.json'))
+    assert ddp['num_samples'] == one['num_samples'] == 11
+    assert ddp['mAP'] == pytest.approx(one['mAP'], abs=1e-9)
+    for key in ('fixed', 'fixed_top3', 'official_sweep', 'official_sweep_top3'):
+        assert ddp[key] == pytest.approx(one[key], abs=1e-9)
+    assert [r['ap'] for r in ddp['per_class_ap']] == pytest.approx([r['ap'] for r in one['per_class_ap']], abs=1e-9)

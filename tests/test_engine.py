@@ -1,0 +1,164 @@
+import argparse
+import json
+import os
+
+import pytest
+import torch
+import torch.nn as nn
+
+import metrics
+from engine import DataLoaderX, NonFiniteLossError, build_engine, build_optimizer, lr_at
+from models import CheckpointError
+from tests.toy import ToyDataset, ToyMSRN, make_engine, make_optimizer
+from util import seed_everything
+
+
+def run(save_dir, max_epochs, resume=None, init_seed=0, criterion=None, **engine_kwargs):
+    """Build everything from ``init_seed`` as a fresh process would, then ``learning``."""
+    seed_everything(init_seed)
+    model = ToyMSRN()
+    optimizer = make_optimizer(model)
+    engine = make_engine(save_dir=save_dir, max_epochs=max_epochs, epoch_step=[2], resume=resume, **engine_kwargs)
+    score = engine.learning(model, criterion or nn.MultiLabelSoftMarginLoss(), ToyDataset(30, seed=1),
+                            ToyDataset(10, seed=2), optimizer)
+    return model, optimizer, engine, score
+
+
+def test_lr_is_a_function_of_epoch():
+    assert lr_at(0.1, 29, [30]) == 0.1
+    assert lr_at(0.1, 30, [30]) == pytest.approx(0.01)
+    assert lr_at(0.1, 25, [10, 20]) == pytest.approx(0.001)
+    assert lr_at(0.1, 5, []) == 0.1
+
+
+def test_loss_targets_map_difficult_to_positive():
+    engine = make_engine()
+    engine.state['input'] = (torch.zeros(1, 3, 4, 4), ['x'], torch.zeros(1, 4, 300))
+    engine.state['target'] = torch.tensor([[1, 0, -1, 1]])
+    engine.on_start_batch(True, None, None, None)
+    assert engine.state['target'].tolist() == [[1.0, 1.0, 0.0, 1.0]]
+    assert engine.state['target_gt'].tolist() == [[1, 0, -1, 1]]  # kept for the metrics
+    assert engine.state['word_vectors'].shape == (1, 4, 300)
+
+
+def test_training_writes_checkpoints_logs_and_eval_files(tmp_path):
+    model, _, engine, best = run(tmp_path, max_epochs=2)
+    assert sorted(os.listdir(tmp_path)) == ['checkpoint.pth.tar', 'curves.png', 'eval_epoch001.json',
+                                            'eval_epoch002.json', 'log.jsonl', 'model_best.pth.tar']
+    checkpoint = torch.load(tmp_path / 'checkpoint.pth.tar', weights_only=True)
+    assert {'epoch', 'arch', 'state_dict', 'best_score', 'optimizer', 'scaler', 'rng', 'args'} <= checkpoint.keys()
+    assert checkpoint['epoch'] == 2 and checkpoint['best_score'] == best
+    assert checkpoint['state_dict'].keys() == model.state_dict().keys()  # bare: no 'module.'
+    log = [json.loads(line) for line in open(tmp_path / 'log.jsonl')]
+    assert [r['epoch'] for r in log] == [1, 2] and max(r['val_mAP'] for r in log) == best
+    assert log[0]['lr'] == log[1]['lr'] == pytest.approx([0.01, 0.1])  # trunk at lr x 0.1; decay from epoch 2
+    record = json.load(open(tmp_path / 'eval_epoch002.json'))
+    assert [r['class'] for r in record['per_class_ap']] == ['a', 'b', 'c', 'd']
+    assert record['mAP'] == pytest.approx(log[1]['val_mAP'])
+    assert {'fixed', 'fixed_top3', 'official_sweep', 'official_sweep_top3', 'coverage_error', 'lrap',
+            'ranking_loss'} <= record.keys()
+    assert open(tmp_path / 'curves.png', 'rb').read(8) == b'\x89PNG\r\n\x1a\n'
+
+
+def test_resume_reaches_the_same_weights_bit_for_bit(tmp_path):
+    straight, straight_opt, _, _ = run(tmp_path / 'a', max_epochs=3)
+    run(tmp_path / 'b', max_epochs=2)
+    # A new "process": other seed (other init, other augmentation draws) unless the RNG is restored.
+    resumed, resumed_opt, engine, _ = run(tmp_path / 'b', max_epochs=3, init_seed=99,
+                                          resume=str(tmp_path / 'b' / 'checkpoint.pth.tar'))
+    assert engine.state['start_epoch'] == 2
+    for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), name
+    for a, b in zip(straight_opt.state_dict()['state'].values(), resumed_opt.state_dict()['state'].values()):
+        assert torch.equal(a['momentum_buffer'], b['momentum_buffer'])
+    log_a = [json.loads(line) for line in open(tmp_path / 'a' / 'log.jsonl')]
+    log_b = [json.loads(line) for line in open(tmp_path / 'b' / 'log.jsonl')]
+    assert [r['val_mAP'] for r in log_a] == [r['val_mAP'] for r in log_b]
+    assert log_b[2]['lr'] == pytest.approx([0.001, 0.01])  # the schedule continues across the resume
+
+
+def test_resume_of_a_missing_or_corrupt_file_is_an_error(tmp_path):
+    with pytest.raises(CheckpointError, match='not found'):
+        run(tmp_path / 'out', max_epochs=1, resume=str(tmp_path / 'nope.pth.tar'))
+    (tmp_path / 'bad.pth.tar').write_bytes(b'not a checkpoint')
+    with pytest.raises(CheckpointError, match='cannot read') as info:
+        run(tmp_path / 'out', max_epochs=1, resume=str(tmp_path / 'bad.pth.tar'), evaluate=True)
+    assert '\n' not in str(info.value)
+    assert not (tmp_path / 'out').exists()  # nothing trained, nothing written
+
+
+def test_evaluate_only_and_released_checkpoint(tmp_path):
+    seed_everything(5)
+    model = ToyMSRN()
+    released = {'epoch': 7, 'arch': None, 'state_dict': model.state_dict(), 'best_score': torch.tensor(12.5)}
+    torch.save(released, tmp_path / 'released.pth.tar')  # the official keys only
+
+    _, _, engine, score = run(tmp_path / 'eval', max_epochs=9, evaluate=True,
+                              resume=str(tmp_path / 'released.pth.tar'))
+    assert os.listdir(tmp_path / 'eval') == ['eval.json']  # evaluated, not trained
+    val = ToyDataset(10, seed=2, transform=engine.state['val_transform'])
+    model.eval()
+    with torch.no_grad():
+        items = [val[i] for i in range(len(val))]
+        images = torch.stack([x[0][0] for x in items])
+        logits, _ = model(images, torch.stack([x[0][2] for x in items]))
+    targets = torch.stack([x[1] for x in items])
+    assert score == pytest.approx(metrics.mean_average_precision(metrics.average_precision(logits, targets)),
+                                  abs=1e-9)
+
+    _, _, engine, _ = run(tmp_path / 'train', max_epochs=8, resume=str(tmp_path / 'released.pth.tar'))
+    assert engine.state['start_epoch'] == 7
+    assert [json.loads(line)['epoch'] for line in open(tmp_path / 'train' / 'log.jsonl')] == [8]
+
+
+def test_non_finite_loss_stops_training(tmp_path):
+    class NaNLoss(nn.Module):
+        def forward(self, logits, y):
+            return (logits * float('nan')).mean()
+
+    with pytest.raises(NonFiniteLossError, match='training loss is nan at epoch 1, batch 0'):
+        run(tmp_path, max_epochs=1, criterion=NaNLoss())
+    assert not (tmp_path / 'checkpoint.pth.tar').exists()
+
+
+def _weight_change(clip):
+    seed_everything(0)
+    model = ToyMSRN()
+    before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+    optimizer = torch.optim.SGD(model.get_config_optim(1.0), lr=1.0)  # no momentum or decay: step = lr x grad
+    make_engine(max_epochs=1, clip_grad_norm=clip).learning(
+        model, nn.MultiLabelSoftMarginLoss(), ToyDataset(16, seed=1), ToyDataset(4, seed=2), optimizer)
+    return (torch.cat([p.detach().flatten() for p in model.parameters()]) - before).norm().item()
+
+
+def test_gradient_clipping_bounds_each_step():
+    steps, clip = 4, 1e-3  # 16 images, batch 4
+    assert _weight_change(clip) <= steps * clip * 1.0001  # every group's lr <= 1
+    assert _weight_change(None) > 100 * steps * clip
+
+
+def test_loaders():
+    engine = make_engine(workers=2)
+    loader = engine.make_loader(ToyDataset(5), training=True)
+    assert isinstance(loader, DataLoaderX) and loader.persistent_workers and not loader.pin_memory
+    assert not make_engine(workers=0).make_loader(ToyDataset(5), training=False).persistent_workers
+
+
+def test_build_engine_and_optimizer_from_args():
+    args = argparse.Namespace(batch_size=3, workers=0, epochs=5, start_epoch=1, epoch_step=[3, 4], image_size=32,
+                              print_freq=2, save_dir='somewhere', resume='', evaluate=False, seed=7,
+                              clip_grad_norm=0.0, backbone='resnet18', lr=0.2, momentum=0.8, weight_decay=1e-3)
+    engine = build_engine(args, device=torch.device('cpu'), class_names=['a', 'b', 'c', 'd'])
+    s = engine.state
+    assert (s['batch_size'], s['max_epochs'], s['start_epoch'], s['epoch_step'], s['resume'],
+            s['clip_grad_norm'], s['arch'], s['amp']) == (3, 5, 1, [3, 4], None, None, 'resnet18', False)
+    assert s['args']['lr'] == 0.2
+    optimizer = build_optimizer(args, ToyMSRN())
+    assert [g['lr'] for g in optimizer.param_groups] == pytest.approx([0.02, 0.2])
+    assert optimizer.defaults['momentum'] == 0.8 and optimizer.defaults['weight_decay'] == 1e-3
+
+
+def test_start_epoch_sets_the_first_epoch_and_the_schedule(tmp_path):
+    run(tmp_path, max_epochs=3, start_epoch=2)
+    log = [json.loads(line) for line in open(tmp_path / 'log.jsonl')]
+    assert [r['epoch'] for r in log] == [3] and log[0]['lr'] == pytest.approx([0.001, 0.01])  # past step 2

@@ -1,0 +1,62 @@
+"""CUDA paths of the engine: float16 autocast with one GradScaler, pinned memory, NCCL collectives.
+Skipped without a GPU."""
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+import distributed
+from models import MSRN
+from tests.toy import ToyDataset, ToyMSRN, make_engine, make_optimizer
+from util import seed_everything
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+
+
+def run(model, save_dir, max_epochs, resume=None, image_size=16, size=24, num_classes=4):
+    engine = make_engine(device='cuda', save_dir=save_dir, max_epochs=max_epochs, resume=resume,
+                         image_size=image_size, class_names=None)
+    scaler = engine.scaler
+    data = [ToyDataset(n, seed=seed, size=size, num_classes=num_classes) for n, seed in ((30, 1), (10, 2))]
+    score = engine.learning(model, nn.MultiLabelSoftMarginLoss(), *data, make_optimizer(model, lr=0.01))
+    assert engine.scaler is scaler  # one scaler for the whole run
+    return engine, score
+
+
+def test_amp_training_checkpoints_the_scaler_and_resumes_it(tmp_path):
+    seed_everything(0)
+    engine, _ = run(ToyMSRN(), tmp_path, max_epochs=2)
+    assert engine.state['amp'] and engine.scaler.is_enabled()
+    assert engine.make_loader(ToyDataset(4), training=True).pin_memory
+    saved = torch.load(tmp_path / 'checkpoint.pth.tar', weights_only=True)
+    assert saved['scaler']['scale'] > 0 and saved['scaler']['_growth_tracker'] >= 0
+    engine, _ = run(ToyMSRN(), tmp_path, max_epochs=2, resume=str(tmp_path / 'checkpoint.pth.tar'))  # nothing left
+    assert engine.scaler.get_scale() == saved['scaler']['scale']
+    engine, score = run(ToyMSRN(), tmp_path, max_epochs=3, resume=str(tmp_path / 'checkpoint.pth.tar'))
+    assert np.isfinite(score)
+
+
+def test_msrn_under_autocast(tmp_path):
+    seed_everything(0)
+    model = MSRN(4, 0.5, model_name='resnet18', adj_file={'adj': np.ones((4, 4)) - np.eye(4), 'nums': np.full(4, 3)})
+    engine, score = run(model, tmp_path, max_epochs=1, image_size=224, size=256)
+    assert np.isfinite(score) and engine.state['output'].dtype == torch.float16
+
+
+def test_nccl_collectives():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    torch.cuda.set_device(0)
+    dist.init_process_group('nccl', init_method=f'tcp://127.0.0.1:{port}', world_size=1, rank=0)
+    try:
+        rows = torch.arange(12).view(6, 2)
+        gathered = distributed.gather_in_order(rows, 5)
+        assert gathered.device.type == 'cpu' and gathered.tolist() == rows[:5].tolist()
+        assert distributed.mean_over_processes(2.5) == 2.5
+        assert distributed.all_gather_objects({'a': 1}) == [{'a': 1}]
+    finally:
+        dist.destroy_process_group()

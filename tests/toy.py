@@ -1,0 +1,72 @@
+"""A tiny stand-in for MSRN and an in-memory dataset with the real item format, for engine tests."""
+import numpy as np
+import torch
+import torch.nn as nn
+from PIL import Image
+
+NUM_CLASSES = 4
+
+
+class ToyMSRN(nn.Module):
+    """MSRN's interface: ``model(image, word_vectors) -> (logits [B, C], group_loss)``,
+    ``get_config_optim(lr)`` (trunk at lr x 0.1), normalisation attributes, and a frozen parameter
+    the forward pass never uses (like MSRN's W, B)."""
+    image_normalization_mean = [0.485, 0.456, 0.406]
+    image_normalization_std = [0.229, 0.224, 0.225]
+
+    def __init__(self, num_classes=NUM_CLASSES):
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                                   nn.AdaptiveAvgPool2d(2), nn.Flatten())  # (B, 32)
+        self.label_embed = nn.Linear(300, 32)
+        self.bias = nn.Parameter(torch.zeros(num_classes))
+        self.W = nn.Parameter(torch.zeros(num_classes, 3), requires_grad=False)  # unused and frozen, as MSRN's W
+
+    def forward(self, image, word_vectors):
+        features = self.trunk(image)  # (B, 32)
+        labels = self.label_embed(word_vectors[0])  # (C, 32)
+        group_loss = 1e-4 * labels.norm(dim=1).sum()
+        return features @ labels.t() + self.bias, group_loss  # (B, C), ()
+
+    def get_config_optim(self, lr):
+        return [{'params': self.trunk.parameters(), 'lr': lr * 0.1},
+                {'params': [*self.label_embed.parameters(), self.bias], 'lr': lr}]
+
+
+class ToyDataset(torch.utils.data.Dataset):
+    """``((image, name, word_vectors [C, 300]), target [C] in {1, 0, -1})``; class c paints a
+    bright patch in quadrant c, so a model can learn it. ``transform`` applies to the PIL image."""
+
+    def __init__(self, n, seed=0, size=24, num_classes=NUM_CLASSES, transform=None):
+        rng = np.random.default_rng(seed)
+        self.targets = np.where(rng.random((n, num_classes)) < 0.4, 1, -1)
+        self.targets[rng.random((n, num_classes)) < 0.1] = 0  # 'difficult'
+        self.images = []
+        for t in self.targets:
+            pixels = rng.integers(0, 80, (size, size, 3), dtype=np.uint8)
+            for c in np.flatnonzero(t >= 0):
+                y, x = divmod(c % 4, 2)
+                h = size // 2
+                pixels[y * h:(y + 1) * h, x * h:(x + 1) * h, c % 3] = 255
+            self.images.append(Image.fromarray(pixels))
+        self.word_vectors = torch.from_numpy(rng.standard_normal((num_classes, 300)).astype(np.float32))
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        image = self.images[i] if self.transform is None else self.transform(self.images[i])
+        return (image, f'img{i:04d}', self.word_vectors), torch.from_numpy(self.targets[i])
+
+
+def make_engine(**kwargs):
+    """A CPU GCN engine for the toy data, quiet and small."""
+    from engine import GCNMultiLabelMAPEngine
+    defaults = dict(device='cpu', batch_size=4, workers=0, max_epochs=2, epoch_step=[30], image_size=16,
+                    use_pb=False, seed=0, class_names=['a', 'b', 'c', 'd'])
+    return GCNMultiLabelMAPEngine(**{**defaults, **kwargs})
+
+
+def make_optimizer(model, lr=0.1):
+    return torch.optim.SGD(model.get_config_optim(lr), lr=lr, momentum=0.9, weight_decay=1e-4)
