@@ -1,8 +1,6 @@
 """Loading released/our checkpoints strictly, and ImageNet trunk weights with download."""
 import functools
 import hashlib
-import http.server
-import threading
 
 import pytest
 import torch
@@ -108,20 +106,6 @@ def test_nothing_is_changed_when_loading_fails(pair):
 # ---------------------------------------------------------------------------------------------
 # ImageNet trunk
 
-@pytest.fixture
-def http_root(tmp_path):
-    """A local HTTP server on 127.0.0.1 serving tmp_path/www; yields (directory, base URL)."""
-    root = tmp_path / 'www'
-    root.mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *args: None
-    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield root, f'http://127.0.0.1:{server.server_address[1]}'
-    server.shutdown()
-
-
 def imagenet_file(directory, seed=0):
     """torchvision resnet18 weights (with fc) saved under the official naming scheme name-<sha256[:8]>.pth."""
     torch.manual_seed(seed)
@@ -144,26 +128,24 @@ def test_imagenet_weights_load_into_trunk_but_not_conv_buffers(tmp_path, pair):
     assert torch.equal(model.resnet_101.conv_buffer1.weight, buffer_before)
 
 
-def test_missing_imagenet_file_is_downloaded_with_hash_check(http_root, tmp_path):
-    root, base = http_root
-    served = imagenet_file(root)
+def test_missing_imagenet_file_is_downloaded_with_hash_check(http_server, tmp_path):
+    served = imagenet_file(tmp_path)
+    http_server.files['/' + served.name] = served.read_bytes()
     target = tmp_path / 'pretrained' / 'resnet18.pth.tar'
     model = MSRN(5, 0.4, 'resnet18', random_graph(5))
-    load_imagenet_trunk(model, str(target), 'resnet18', url=f'{base}/{served.name}')
+    load_imagenet_trunk(model, str(target), 'resnet18', url=http_server.url('/' + served.name))
     assert target.read_bytes() == served.read_bytes()
     assert torch.equal(model.resnet_101.conv1.weight, torch.load(served, weights_only=True)['conv1.weight'])
 
 
-def test_download_with_wrong_hash_leaves_no_file(http_root, tmp_path):
-    root, base = http_root
-    served = imagenet_file(root)
-    wrong = root / 'resnet18-00000000.pth'
-    served.rename(wrong)
-    target = tmp_path / 'resnet18.pth.tar'
+def test_download_with_wrong_hash_leaves_no_file(http_server, tmp_path):
+    served = imagenet_file(tmp_path)
+    http_server.files['/resnet18-00000000.pth'] = served.read_bytes()
+    target = tmp_path / 'pretrained' / 'resnet18.pth.tar'
     model = MSRN(5, 0.4, 'resnet18', random_graph(5))
     with pytest.raises(CheckpointError, match=f'save it as {target}'):
-        load_imagenet_trunk(model, str(target), 'resnet18', url=f'{base}/{wrong.name}')
-    assert not target.exists() and list(tmp_path.iterdir()) == [root.parent / 'www']
+        load_imagenet_trunk(model, str(target), 'resnet18', url=http_server.url('/resnet18-00000000.pth'))
+    assert list(target.parent.iterdir()) == []
 
 
 def test_offline_download_says_where_to_put_the_file(tmp_path):
