@@ -37,7 +37,7 @@ import distributed
 import metrics
 import report
 from models import CheckpointError, load_checkpoint
-from util import (AveragePrecisionMeter, AverageValueMeter, MultiScaleCrop, Warp, get_rng_state,
+from util import (AveragePrecisionMeter, AverageValueMeter, MultiScaleCrop, eval_transform, get_rng_state,
                   seed_everything, set_rng_state)
 
 
@@ -153,7 +153,8 @@ class Engine:
                 MultiScaleCrop(size, scales=(1.0, 0.9, 0.8, 0.7, 0.6), max_distort=2),
                 transforms.RandomHorizontalFlip(), transforms.ToTensor(), normalize])
         if self.state['val_transform'] is None:
-            self.state['val_transform'] = transforms.Compose([Warp(size), transforms.ToTensor(), normalize])
+            self.state['val_transform'] = eval_transform(size, model.image_normalization_mean,
+                                                         model.image_normalization_std)
 
     def make_loader(self, dataset, training):
         """Shuffled (training) or ordered loader over this process's share of the dataset."""

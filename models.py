@@ -306,6 +306,21 @@ class MSRN(nn.Module):
         logits = self.fc2(F.leaky_relu(self.fc1(z.flatten(1))))         # (B, C)
         return logits, group_loss
 
+    def attention_maps(self, features, words, labels):
+        """Where each label looks: its attention over positions averaged over the D channels.
+
+        features [f1, f2, f3] from the trunk, words (C, E), labels: class indices (L of them)
+        -> [(B, L, h, w)] per level, each map summing to 1.
+        """
+        local = self.label_semantics(words)[0][list(labels)]                # (L, D)
+        maps = []
+        for project, feature in zip(self.ProjectM, features):
+            x = project(feature).float()                                     # (B, D, h, w)
+            b, _, h, w = x.shape
+            scores = x.flatten(2).unsqueeze(1) * local[None, :, :, None]    # (B, L, D, P)
+            maps.append(scores.softmax(-1).mean(2).view(b, len(local), h, w))
+        return maps
+
     def forward(self, img, inp):
         """img (B, 3, H, W), inp (B, C, E) word vectors (only inp[0] is used) -> (B, C), ()."""
         if inp.dim() != 3 or inp.shape[1:] != (self.num_classes, WORD_DIM):

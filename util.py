@@ -5,6 +5,7 @@ import random
 
 import numpy as np
 import torch
+import torchvision.transforms as transforms
 from PIL import Image
 
 import metrics
@@ -84,6 +85,11 @@ class Warp:
 
     def __repr__(self):
         return f'{type(self).__name__}(size={self.size})'
+
+
+def eval_transform(size, mean, std):
+    """The official evaluation transform: warp to size x size, to tensor, normalise."""
+    return transforms.Compose([Warp(size), transforms.ToTensor(), transforms.Normalize(mean=mean, std=std)])
 
 
 class MultiScaleCrop:

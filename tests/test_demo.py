@@ -1,0 +1,271 @@
+"""The demo scripts end to end: flags, the official README commands, bad input, predict.py."""
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import cli
+import demo_apparel_gcn
+import demo_coco_gcn
+import demo_nuswide_gcn
+import demo_voc2007_gcn
+import label_files
+import predict
+from models import MSRN
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEMOS = {'voc': demo_voc2007_gcn, 'coco': demo_coco_gcn, 'nuswide': demo_nuswide_gcn, 'apparel': demo_apparel_gcn}
+OFFICIAL_FLAGS = ['--image-size', '-i', '-j', '--workers', '--epochs', '--epoch_step', '--start-epoch', '-graph_file',
+                  '-word_file', '-b', '--batch-size', '--lr', '--learning-rate', '--momentum', '--weight-decay',
+                  '--wd', '--print-freq', '-p', '--resume', '-e', '--evaluate', '--pretrained', '-pm',
+                  '--pretrain_model', '--pool_ratio', '-po', '--backbone', '-bb']
+OUR_FLAGS = ['--device', '--seed', '--save-dir', '--clip-grad-norm', '--no-download', '--skip-corrupt']
+# The official README's commands (its NUS-WIDE one ran the COCO script; fixed), as in our README.
+README_COMMANDS = {
+    'voc': 'python3 demo_voc2007_gcn.py data/voc --image-size 448 --batch-size 32 -e '
+           '--resume checkpoint/voc/voc_checkpoint.pth.tar',
+    'coco': 'python3 demo_coco_gcn.py data/coco --image-size 448 --batch-size 32 -e '
+            '--resume checkpoint/coco/coco_checkpoint.pth.tar',
+    'nuswide': 'python3 demo_nuswide_gcn.py data/nuswide --image-size 448 --batch-size 32 -e '
+               '--resume checkpoint/nuswide/nuswide_checkpoint.pth.tar',
+    'apparel': 'python3 demo_apparel_gcn.py data/apparel --image-size 448 --batch-size 32 -e '
+               '--resume checkpoint/apparel/apparel_checkpoint.pth.tar',
+}
+POOL_RATIOS = {'voc': 0.2, 'coco': 0.05, 'nuswide': 0.05, 'apparel': 0.2}
+
+
+def parse(name, argv):
+    return cli.get_args_parser(DEMOS[name].DATASET).parse_args(argv)
+
+
+@pytest.mark.parametrize('name', DEMOS)
+def test_help_lists_every_flag_and_the_official_defaults(name, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse(name, ['--help'])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for flag in OFFICIAL_FLAGS + OUR_FLAGS:
+        assert re.search(rf'(^|[\s,\[]){re.escape(flag)}([\s,\]]|$)', text, re.M), flag
+    args = parse(name, ['somewhere'])
+    assert (args.image_size, args.workers, args.epochs, args.epoch_step, args.start_epoch, args.batch_size) == \
+        (224, 4, 20, [30], 0, 16)
+    assert (args.lr, args.momentum, args.weight_decay, args.print_freq, args.resume, args.evaluate) == \
+        (0.1, 0.9, 1e-4, 0, '', False)
+    assert (args.pretrained, args.backbone, args.pool_ratio) == (1, 'resnet101', POOL_RATIOS[name])
+
+
+@pytest.mark.parametrize('name', DEMOS)
+def test_default_paths_resolve_against_the_repo(name):
+    args = parse(name, ['somewhere'])
+    for path in (args.graph_file, args.word_file, args.save_dir):
+        assert os.path.isabs(path) and path.startswith(REPO + os.sep)
+    assert args.graph_file == os.path.join(REPO, 'data', name, f'{name}_adj.pkl')
+
+
+@pytest.mark.parametrize('name', DEMOS)
+def test_official_readme_commands_parse(name):
+    argv = shlex.split(README_COMMANDS[name])
+    assert argv[1] == f'{DEMOS[name].__name__}.py'
+    args = parse(name, argv[2:])
+    assert (args.data, args.image_size, args.batch_size, args.evaluate) == (f'data/{name}', 448, 32, True)
+    assert args.resume == f'checkpoint/{name}/{name}_checkpoint.pth.tar'
+
+
+def test_readme_shows_the_commands_the_tests_check():
+    readme = open(os.path.join(REPO, 'README.md')).read()
+    for command in README_COMMANDS.values():
+        assert command in readme
+
+
+def official_checkpoint(path, num_classes, pool_ratio, backbone, graph):
+    torch.manual_seed(0)
+    model = MSRN(num_classes, pool_ratio, backbone, graph)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    torch.save({'epoch': 20, 'arch': None, 'state_dict': model.state_dict(), 'best_score': torch.tensor(90.0)}, path)
+    return model
+
+
+def test_official_voc_command_runs_as_written_from_another_folder(tmp_path, monkeypatch, synthetic):
+    """The README's VOC evaluation command, verbatim (ResNet-101, 448 px), on a tiny synthetic VOC.
+
+    The official graph/word files are "already downloaded" into a stand-in data folder, and the
+    default save folder points to a temporary copy of the repo layout.
+    """
+    info = synthetic('voc', n_trainval=4, n_test=5, image_size=80)
+    data_dir = tmp_path / 'repo_data'
+    (data_dir / 'voc').mkdir(parents=True)
+    for kind, path in (('graph', info['graph_file']), ('word', info['word_file'])):
+        os.symlink(path, data_dir / 'voc' / os.path.basename(label_files.default_file('voc', kind)))
+    monkeypatch.setattr(label_files, 'DATA_DIR', str(data_dir))
+    monkeypatch.setattr(cli, 'REPO_DIR', str(tmp_path / 'repo'))
+    work = tmp_path / 'work'
+    (work / 'data').mkdir(parents=True)
+    os.symlink(info['root'], work / 'data' / 'voc')
+    graph = label_files.load_adjacency(info['graph_file'], 20)
+    official_checkpoint(str(work / 'checkpoint' / 'voc' / 'voc_checkpoint.pth.tar'), 20, 0.2, 'resnet101', graph)
+    monkeypatch.chdir(work)
+
+    assert demo_voc2007_gcn.main(demo_voc2007_gcn.DATASET, shlex.split(README_COMMANDS['voc'])[2:]) == 0
+    result = json.loads((tmp_path / 'repo' / 'checkpoint' / 'voc2007' / 'eval.json').read_text())
+    assert result['num_samples'] == 5 and result['epoch'] == 20
+    assert 0 <= result['mAP'] <= 100 and len(result['per_class_ap']) == 20
+
+
+@pytest.mark.parametrize('name', ['coco', 'nuswide', 'apparel'])
+def test_other_readme_commands_evaluate_a_checkpoint(name, tmp_path, monkeypatch, synthetic):
+    """The other README commands, with a ResNet-18 checkpoint so that they stay fast."""
+    info = synthetic(name)
+    num_classes = len(label_files.load_word_vectors(info['word_file']))
+    graph = label_files.load_adjacency(info['graph_file'], num_classes)
+    checkpoint = tmp_path / f'{name}_checkpoint.pth.tar'
+    official_checkpoint(str(checkpoint), num_classes, POOL_RATIOS[name], 'resnet18', graph)
+    argv = shlex.split(README_COMMANDS[name])[2:]
+    argv[0], argv[-1] = info['root'], str(checkpoint)
+    argv += ['--backbone', 'resnet18', '-graph_file', info['graph_file'], '-word_file', info['word_file'],
+             '--image-size', '64', '-j', '0', '--save-dir', str(tmp_path / 'out')]
+    if name == 'apparel' and 'image_label' in info:
+        argv += ['--image-label', info['image_label']]
+    assert DEMOS[name].main(DEMOS[name].DATASET, argv) == 0
+    result = json.loads((tmp_path / 'out' / 'eval.json').read_text())
+    assert len(result['per_class_ap']) == num_classes
+
+
+def test_training_through_the_demo_script_writes_everything(tmp_path, synthetic):
+    info = synthetic('voc', n_trainval=24, n_test=12, image_size=64)
+    save = tmp_path / 'out'
+    argv = [info['root'], '-graph_file', info['graph_file'], '-word_file', info['word_file'], '--backbone',
+            'resnet18', '--pretrained', '0', '--image-size', '64', '--epochs', '2', '--epoch_step', '1', '-b', '8',
+            '-j', '0', '--device', 'cpu', '--seed', '0', '--save-dir', str(save), '--no-download']
+    assert demo_voc2007_gcn.main(demo_voc2007_gcn.DATASET, argv) == 0
+    for name in ('checkpoint.pth.tar', 'model_best.pth.tar', 'log.jsonl', 'curves.png', 'eval_epoch002.json'):
+        assert (save / name).is_file(), name
+    checkpoint = torch.load(save / 'checkpoint.pth.tar', weights_only=True)
+    assert checkpoint['epoch'] == 2 and checkpoint['arch'] == 'resnet18'
+    assert checkpoint['args']['lr'] == 0.1
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input through the scripts: one line on stderr, exit code 2, no traceback
+
+def run_script(script, *argv, cwd=None):
+    return subprocess.run([sys.executable, os.path.join(REPO, script), *map(str, argv)], cwd=cwd or REPO,
+                          capture_output=True, text=True, timeout=300)
+
+
+def assert_one_line_error(result, pattern):
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and 'Traceback' not in result.stderr, result.stderr
+    assert re.search(pattern, lines[0]), lines[0]
+
+
+def test_missing_dataset_root(tmp_path):
+    result = run_script('demo_voc2007_gcn.py', tmp_path / 'nowhere', '--no-download', '-graph_file',
+                        tmp_path / 'g.pkl', '-word_file', tmp_path / 'w.pkl')
+    assert_one_line_error(result, r'^error: .*nowhere')
+
+
+def test_wrong_word_vectors(tmp_path, synthetic):
+    info = synthetic('voc')
+    bad = tmp_path / 'words.npy'
+    np.save(bad, np.zeros((19, 300), np.float32))
+    result = run_script('demo_voc2007_gcn.py', info['root'], '-word_file', bad, '-graph_file', info['graph_file'])
+    assert_one_line_error(result, r'words.npy: 19 word vectors but the dataset has 20 classes')
+
+
+def test_missing_resume_is_an_error_not_a_fresh_start(tmp_path, synthetic):
+    info = synthetic('voc')
+    result = run_script('demo_voc2007_gcn.py', info['root'], '-word_file', info['word_file'], '-graph_file',
+                        info['graph_file'], '--backbone', 'resnet18', '-e', '--resume', tmp_path / 'nope.pth.tar')
+    assert_one_line_error(result, r'nope.pth.tar: checkpoint not found')
+
+
+def test_wrong_pool_ratio_for_a_checkpoint_says_what_to_set(tmp_path, synthetic):
+    info = synthetic('voc')
+    graph = label_files.load_adjacency(info['graph_file'], 20)
+    official_checkpoint(str(tmp_path / 'ckpt.pth.tar'), 20, 0.2, 'resnet18', graph)
+    result = run_script('demo_voc2007_gcn.py', info['root'], '-word_file', info['word_file'], '-graph_file',
+                        info['graph_file'], '--backbone', 'resnet18', '-e', '--resume', tmp_path / 'ckpt.pth.tar',
+                        '--pool_ratio', '0.05')
+    assert_one_line_error(result, r'checkpoint has 4 label groups, the model 1: set --pool_ratio')
+
+
+def test_cuda_requested_without_cuda(synthetic):
+    if torch.cuda.is_available():
+        pytest.skip('CUDA is available here')
+    info = synthetic('voc')
+    result = run_script('demo_voc2007_gcn.py', info['root'], '--device', 'cuda')
+    assert_one_line_error(result, r'CUDA is not available')
+
+
+# ---------------------------------------------------------------------------------------------
+# predict.py
+
+@pytest.fixture(scope='module')
+def trained_checkpoint(tmp_path_factory):
+    """A checkpoint as our engine writes it (arch recorded), ResNet-18, synthetic VOC graph."""
+    from tools.synthetic_data import write_voc
+    root = tmp_path_factory.mktemp('predict')
+    info = write_voc(str(root / 'voc'), n_trainval=20, n_test=3, image_size=96)
+    graph = label_files.load_adjacency(info['graph_file'], 20)
+    torch.manual_seed(0)
+    model = MSRN(20, 0.2, 'resnet18', graph)
+    path = root / 'checkpoint.pth.tar'
+    torch.save({'epoch': 1, 'arch': 'resnet18', 'state_dict': model.state_dict(), 'best_score': 50.0}, path)
+    images = sorted((root / 'voc' / 'VOCdevkit' / 'VOC2007' / 'JPEGImages').iterdir())[:2]
+    return info, path, images, model
+
+
+def test_predict_prints_top_labels_and_writes_attention_maps(trained_checkpoint, tmp_path, capsys):
+    info, path, images, model = trained_checkpoint
+    argv = [*map(str, images), '--resume', str(path), '-graph_file', info['graph_file'], '-word_file',
+            info['word_file'], '--image-size', '96', '--threshold', '0', '--top-k', '3', '--attention', str(tmp_path)]
+    assert predict.main(argv) == 0
+    out = capsys.readouterr().out
+    blocks = out.split(str(images[1]))
+    assert str(images[0]) in blocks[0]
+    shown = re.findall(r'^  (\w+)\s+(\d\.\d{3})$', blocks[0], re.M)
+    assert len(shown) == 3 and [float(p) for _, p in shown] == sorted((float(p) for _, p in shown), reverse=True)
+    # the printed labels are the model's own top-3 for this image
+    words = torch.from_numpy(label_files.load_word_vectors(info['word_file']))
+    transform = predict.eval_transform(96, model.image_normalization_mean, model.image_normalization_std)
+    with torch.no_grad():
+        logits, _ = model.eval()(transform(predict.read_image(str(images[0])))[None], words[None])
+    expected = [predict.voc.CLASSES[i] for i in logits[0].argsort(descending=True)[:3]]
+    assert [name for name, _ in shown] == expected
+    for image in images:
+        png = tmp_path / f'{image.stem}_attention.png'
+        assert png.is_file() and png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+def test_attention_maps_are_distributions_over_positions(trained_checkpoint):
+    info, _, _, model = trained_checkpoint
+    words = torch.from_numpy(label_files.load_word_vectors(info['word_file']))
+    with torch.no_grad():
+        features = model.resnet_101(torch.randn(2, 3, 128, 128))
+        maps = model.attention_maps(features, words, [3, 7, 11])
+    assert [tuple(m.shape) for m in maps] == [(2, 3, 8, 8), (2, 3, 4, 4), (2, 3, 2, 2)]
+    for m in maps:
+        torch.testing.assert_close(m.sum((-1, -2)), torch.ones(2, 3))
+
+
+def test_predict_threshold_with_no_label_says_so(trained_checkpoint, capsys):
+    info, path, images, _ = trained_checkpoint
+    assert predict.main([str(images[0]), '--resume', str(path), '-graph_file', info['graph_file'], '-word_file',
+                         info['word_file'], '--image-size', '96', '--threshold', '1.01']) == 0
+    assert re.search(r'no label reaches 1.01; best: \w+ \d\.\d{3}', capsys.readouterr().out)
+
+
+def test_predict_bad_image_is_one_line(trained_checkpoint, tmp_path):
+    info, path, _, _ = trained_checkpoint
+    bad = tmp_path / 'broken.jpg'
+    bad.write_bytes(b'\xff\xd8\xff\xe0 not really a jpeg')
+    result = run_script('predict.py', bad, '--resume', path, '-graph_file', info['graph_file'], '-word_file',
+                        info['word_file'])
+    assert_one_line_error(result, r'broken.jpg: cannot read image')
