@@ -1,11 +1,12 @@
-"""Time and memory of MSRN's head on CPU: bare trunk vs plain-formula attention vs lean attention.
+"""Time and memory of MSRN's head, CPU or CUDA: bare trunk vs plain-formula attention vs lean attention.
 
     python bench/head.py [--configs voc coco] [--image-size 448] [--repeats 5] [--device cuda --amp]
+                         [--eval-batch 1] [--train-batch 2]
 
 Each case runs in its own process (fresh allocator, fresh peak counter). Per case it reports the
-median wall time of an eval forward (batch 1, no_grad) or a training step (batch 2, forward +
-backward), and the transient (activation) memory: peak RSS during the timed iterations minus the
-RSS before them (weights and inputs allocated) minus the parameter gradients the step creates
+median wall time of an eval forward (no_grad; batch 1 by default) or a training step (forward +
+backward; batch 2), and the transient (activation) memory: peak RSS (CUDA: peak allocated) during
+the timed iterations minus the level before them (weights and inputs allocated) minus the parameter gradients the step creates
 (the same for (b) and (c): fc1's alone is 0.3 GB for VOC, 1 GB for COCO). The memory the head
 adds is that figure minus the bare trunk's. Random weights: speed and memory do not depend on them.
 """
@@ -22,7 +23,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = {'voc': (20, 0.2), 'coco': (80, 0.05)}
 CASES = {'a': 'bare trunk', 'b': 'MSRN, plain formula', 'c': 'MSRN, lean attention'}
-MODES = {'eval': 1, 'train': 2}   # batch size of each mode
+MODES = ('eval', 'train')
 
 
 def _status_kib(field):
@@ -68,7 +69,7 @@ class _CudaMemory:
         return self.cuda.max_memory_allocated() / 1024 - self.base
 
 
-def run_case(config, case, mode, image_size, repeats, device, amp):
+def run_case(config, case, mode, batch, image_size, repeats, device, amp):
     """Runs in the child process; returns {'seconds', 'transient_mib', 'exact_peak'}."""
     sys.path.insert(0, REPO)
     import numpy as np
@@ -81,7 +82,6 @@ def run_case(config, case, mode, image_size, repeats, device, amp):
     graph = {'adj': np.ones((num_classes, num_classes)), 'nums': np.full(num_classes, 2.0)}
     attention = plain_label_attention if case == 'b' else lean_label_attention
     model = MSRN(num_classes, pool_ratio, 'resnet101', graph, attention=attention).to(device)
-    batch = MODES[mode]
     img = torch.randn(batch, 3, image_size, image_size, device=device)
     inp = torch.randn(batch, num_classes, 300, device=device)
     memory = _CudaMemory(torch) if device == 'cuda' else _CpuMemory()
@@ -118,8 +118,10 @@ def run_case(config, case, mode, image_size, repeats, device, amp):
 
 def spawn(config, case, mode, args):
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_='131072')  # big buffers go back to the OS when freed
-    cmd = [sys.executable, __file__, '--child', config, case, mode, '--image-size', str(args.image_size),
-           '--repeats', str(args.repeats), '--device', args.device] + (['--amp'] if args.amp else [])
+    batch = args.eval_batch if mode == 'eval' else args.train_batch
+    cmd = [sys.executable, __file__, '--child', config, case, mode, str(batch), '--image-size',
+           str(args.image_size), '--repeats', str(args.repeats), '--device', args.device]
+    cmd += ['--amp'] if args.amp else []
     out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -131,10 +133,14 @@ def main():
     parser.add_argument('--repeats', type=int, default=5)
     parser.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
     parser.add_argument('--amp', action='store_true', help='float16 autocast (CUDA training setting)')
-    parser.add_argument('--child', nargs=3, metavar=('CONFIG', 'CASE', 'MODE'), help=argparse.SUPPRESS)
+    parser.add_argument('--eval-batch', type=int, default=1, help='batch size of the eval forward (default: 1)')
+    parser.add_argument('--train-batch', type=int, default=2, help='batch size of the training step (default: 2)')
+    parser.add_argument('--child', nargs=4, metavar=('CONFIG', 'CASE', 'MODE', 'BATCH'), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(run_case(*args.child, args.image_size, args.repeats, args.device, args.amp)))
+        config, case, mode, batch = args.child
+        print(json.dumps(run_case(config, case, mode, int(batch), args.image_size, args.repeats, args.device,
+                                  args.amp)))
         return
 
     import torch
@@ -146,7 +152,8 @@ def main():
     print('|---|---|---|---|---|---|')
     summary = []
     for config in args.configs:
-        for mode, batch in MODES.items():
+        for mode in MODES:
+            batch = args.eval_batch if mode == 'eval' else args.train_batch
             r = {case: spawn(config, case, mode, args) for case in CASES}
             for case, label in CASES.items():
                 added = r[case]['transient_mib'] - r['a']['transient_mib']
