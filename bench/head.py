@@ -5,9 +5,10 @@
 
 Each case runs in its own process (fresh allocator, fresh peak counter). Per case it reports the
 median wall time of an eval forward (no_grad; batch 1 by default) or a training step (forward +
-backward; batch 2), and the transient (activation) memory: peak RSS (CUDA: peak allocated) during
-the timed iterations minus the level before them (weights and inputs allocated) minus the parameter gradients the step creates
-(the same for (b) and (c): fc1's alone is 0.3 GB for VOC, 1 GB for COCO). The memory the head
+backward; batch 2), and the transient (activation) memory: peak RSS (CUDA: peak allocated)
+during the timed iterations minus the level before them (weights and inputs allocated) minus the
+parameter gradients the step creates (the same for (b) and (c): fc1's alone is 0.3 GB for VOC,
+1 GB for COCO). The memory the head
 adds is that figure minus the bare trunk's. Random weights: speed and memory do not depend on them.
 """
 import argparse
