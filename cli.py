@@ -12,9 +12,9 @@ import torch.nn as nn
 
 import distributed
 import label_files
-from engine import NonFiniteLossError, build_engine, build_optimizer, init_run
+from engine import build_engine, build_optimizer, init_run
 from errors import DatasetError
-from models import RESNET_LAYOUTS, MSRN, CheckpointError, default_pretrained_path, load_imagenet_trunk
+from models import RESNET_LAYOUTS, MSRN, default_pretrained_path, load_imagenet_trunk
 
 REPO_DIR = os.path.dirname(os.path.abspath(__file__))
 PICKLE_WARNING = 'pickles can run code when loaded: pass only files you trust (.npy/.npz also accepted)'
@@ -132,7 +132,7 @@ def guarded(action, *args):
         return 0
     except DatasetError as e:
         message = e.line
-    except (CheckpointError, NonFiniteLossError, ValueError, RuntimeError) as e:
+    except (ValueError, RuntimeError) as e:  # CheckpointError, NonFinite*Error, no CUDA, bad shapes
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     except KeyboardInterrupt:
         print('interrupted', file=sys.stderr)

@@ -45,6 +45,10 @@ class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite; training stops."""
 
 
+class NonFiniteOutputError(RuntimeError):
+    """The model gave NaN or infinite scores on evaluation images."""
+
+
 class DataLoaderX(DataLoader):
     """DataLoader whose batches are fetched one ahead in a background thread (official)."""
 
@@ -363,6 +367,11 @@ class MultiLabelMAPEngine(Engine):
         n = len(data_loader.dataset)
         scores = distributed.gather_in_order(s['ap_meter'].scores, n)
         targets = distributed.gather_in_order(s['ap_meter'].targets, n)
+        broken = int((~torch.isfinite(scores)).any(1).sum())
+        if broken and not training:  # every process sees the gathered scores, so all stop together
+            raise NonFiniteOutputError(
+                f'{broken} of {n} evaluation images got NaN or infinite scores: the model overflowed '
+                '(float16 autocast on CUDA?) or its weights are broken; check the checkpoint, or try --device cpu')
         if training or not distributed.is_main_process():
             return metrics.mean_average_precision(
                 metrics.average_precision(scores, targets, s['difficult_examples']))

@@ -168,7 +168,7 @@ class GroupEmbed(nn.Module):
 # Label-guided attention
 
 CHUNK_ELEMENTS = {'cpu': 1 << 20}   # work tensor size per step: fits the CPU's L2 cache
-DEFAULT_CHUNK_ELEMENTS = 1 << 26    # accelerators: large steps, few kernel launches
+DEFAULT_CHUNK_ELEMENTS = 1 << 24    # accelerators: 64 MB steps, few kernel launches
 EXP_FLOOR = -80.0
 
 

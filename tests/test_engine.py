@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 import metrics
-from engine import DataLoaderX, NonFiniteLossError, build_engine, build_optimizer, lr_at
+from engine import DataLoaderX, NonFiniteLossError, NonFiniteOutputError, build_engine, build_optimizer, lr_at
 from models import CheckpointError
 from tests.toy import ToyDataset, ToyMSRN, make_engine, make_optimizer
 from util import seed_everything
@@ -119,6 +119,16 @@ def test_non_finite_loss_stops_training(tmp_path):
     with pytest.raises(NonFiniteLossError, match='training loss is nan at epoch 1, batch 0'):
         run(tmp_path, max_epochs=1, criterion=NaNLoss())
     assert not (tmp_path / 'checkpoint.pth.tar').exists()
+
+
+def test_non_finite_eval_scores_are_a_clear_error(tmp_path):
+    model = ToyMSRN()
+    with torch.no_grad():
+        model.bias[1] = float('inf')   # e.g. a float16 overflow
+    engine = make_engine(save_dir=str(tmp_path), evaluate=True)
+    with pytest.raises(NonFiniteOutputError, match='^6 of 6 evaluation images got NaN or infinite scores'):
+        engine.learning(model, nn.MultiLabelSoftMarginLoss(), ToyDataset(4, seed=1), ToyDataset(6, seed=2))
+    assert not (tmp_path / 'eval.json').exists()
 
 
 def _weight_change(clip):
