@@ -166,10 +166,12 @@ def run_script(script, *argv, cwd=None):
 
 
 def assert_one_line_error(result, pattern):
+    """Exit code 2, no traceback, one 'error:' line (progress bars may precede it on stderr)."""
     assert result.returncode == 2, result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and 'Traceback' not in result.stderr, result.stderr
-    assert re.search(pattern, lines[0]), lines[0]
+    errors = [line for line in result.stderr.splitlines() if line.startswith('error:')]
+    assert len(errors) == 1 and 'Traceback' not in result.stderr, result.stderr
+    assert result.stderr.rstrip().endswith(errors[0])
+    assert re.search(pattern, errors[0]), errors[0]
 
 
 def test_missing_dataset_root(tmp_path):
@@ -276,3 +278,75 @@ def test_predict_bad_image_is_one_line(trained_checkpoint, tmp_path):
     result = run_script('predict.py', bad, '--resume', path, '-graph_file', info['graph_file'], '-word_file',
                         info['word_file'])
     assert_one_line_error(result, r'broken.jpg: cannot read image')
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad dataset input through a demo script (the loaders' own tests cover every case per dataset)
+
+def voc_copy(synthetic, tmp_path):
+    import shutil
+    info = synthetic('voc')
+    root = tmp_path / 'voc'
+    shutil.copytree(info['root'], root)
+    return info, root, root / 'VOCdevkit' / 'VOC2007'
+
+
+def run_voc(info, root, *extra):
+    return run_script('demo_voc2007_gcn.py', root, '-graph_file', info['graph_file'], '-word_file', info['word_file'],
+                      '--backbone', 'resnet18', '--pretrained', '0', '--image-size', '64', '-j', '0', '-e', *extra)
+
+
+def test_malformed_annotation_line_is_named(synthetic, tmp_path):
+    info, root, voc_dir = voc_copy(synthetic, tmp_path)
+    label_file = voc_dir / 'ImageSets' / 'Main' / 'dog_test.txt'
+    lines = label_file.read_text().splitlines()
+    lines[2] = lines[2].split()[0] + ' maybe'
+    label_file.write_text('\n'.join(lines) + '\n')
+    assert_one_line_error(run_voc(info, root), r'dog_test.txt:3: expected .*maybe')
+
+
+def test_listed_image_that_is_absent(synthetic, tmp_path):
+    info, root, voc_dir = voc_copy(synthetic, tmp_path)
+    missing = sorted((voc_dir / 'JPEGImages').iterdir())[-1]
+    missing.unlink()
+    assert_one_line_error(run_voc(info, root), rf'{missing.name}: image listed in .* not found')
+
+
+def test_corrupt_jpeg_stops_or_is_skipped_with_a_count(synthetic, tmp_path):
+    info, root, voc_dir = voc_copy(synthetic, tmp_path)
+    broken = sorted((voc_dir / 'JPEGImages').iterdir())[-1]
+    broken.write_bytes(broken.read_bytes()[:200])   # truncated
+    assert_one_line_error(run_voc(info, root), rf'{broken.name}: cannot read image .*--skip-corrupt')
+    skipped = run_voc(info, root, '--skip-corrupt', '--save-dir', tmp_path / 'out')
+    assert skipped.returncode == 0, skipped.stderr
+    assert re.search(rf'skipped 1 of \d+ unreadable images .*{broken.name}', skipped.stdout)
+
+
+def test_empty_split(synthetic, tmp_path):
+    info, root, voc_dir = voc_copy(synthetic, tmp_path)
+    for label_file in (voc_dir / 'ImageSets' / 'Main').glob('*_test.txt'):
+        label_file.write_text('')
+    assert_one_line_error(run_voc(info, root), r'no images in VOC 2007 test')
+
+
+def test_adjacency_of_the_wrong_shape(synthetic, tmp_path):
+    info = synthetic('voc')
+    bad = tmp_path / 'graph.npz'
+    np.savez(bad, adj=np.zeros((19, 19)), nums=np.ones(19))
+    result = run_script('demo_voc2007_gcn.py', info['root'], '-graph_file', bad, '-word_file', info['word_file'],
+                        '--backbone', 'resnet18', '--pretrained', '0')
+    assert_one_line_error(result, r'graph.npz: graph has 19 classes but the dataset has 20')
+
+
+def test_default_file_download_with_a_bad_checksum(synthetic, tmp_path, monkeypatch, http_server, capsys):
+    """A missing default graph file is fetched; bytes that fail the pinned sha256 are deleted."""
+    info = synthetic('voc')
+    data_dir = tmp_path / 'repo_data'
+    monkeypatch.setattr(label_files, 'DATA_DIR', str(data_dir))
+    monkeypatch.setattr(label_files, 'BASE_URL', http_server.url(''))
+    http_server.files['/voc/voc_adj.pkl'] = b'not the official graph'
+    code = demo_voc2007_gcn.main(demo_voc2007_gcn.DATASET, [info['root'], '-word_file', info['word_file'],
+                                                            '--backbone', 'resnet18', '--pretrained', '0'])
+    assert code == 2
+    assert re.search(r'^error: .*voc_adj.pkl.*(sha256|checksum)', capsys.readouterr().err, re.M)
+    assert not data_dir.exists() or not any(p.is_file() for p in data_dir.rglob('*'))
