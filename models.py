@@ -17,6 +17,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
+from label_files import load_adjacency
+
 LABEL_DIM = 512
 WORD_DIM = 300
 NUM_LEVELS = 3
@@ -340,7 +342,6 @@ MSGDN = MSRN  # the official class name
 def _read_graph(adj_file, num_classes):
     if isinstance(adj_file, Mapping):
         return {key: np.asarray(adj_file[key]) for key in ('adj', 'nums')}
-    from label_files import load_adjacency
     return load_adjacency(adj_file, num_classes)
 
 

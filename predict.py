@@ -19,6 +19,7 @@ import demo_apparel_gcn
 import demo_coco_gcn
 import demo_nuswide_gcn
 import demo_voc2007_gcn
+import distributed
 import label_files
 import nuswide
 import voc
@@ -107,8 +108,7 @@ def save_attention_png(path, image, labels, maps):
 
 
 def predict(args):
-    device = torch.device('cuda' if args.device == 'cuda' or (args.device == 'auto' and torch.cuda.is_available())
-                          else 'cpu')
+    device = distributed.init_distributed_mode(args.device)  # one process: just picks the device
     classes = DATASETS[args.dataset][0]
     model, words = build_model(args, read_checkpoint(args.resume))
     model.to(device)
