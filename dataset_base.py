@@ -14,6 +14,7 @@ from PIL import Image
 from tqdm import tqdm
 
 import label_files
+from checkpoint import atomic_write
 from errors import DatasetError
 
 
@@ -48,11 +49,11 @@ def _unreadable(path):
 def write_cache(path, write, **open_kwargs):
     """Write a cache file with ``write(f)``, atomically (write, then rename). A read-only dataset
     folder still works: the cache is skipped and the labels are parsed again next time."""
-    try:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path + '.tmp', 'w', **open_kwargs) as f:
+    def write_file(tmp):
+        with open(tmp, 'w', **open_kwargs) as f:
             write(f)
-        os.replace(path + '.tmp', path)
+    try:
+        atomic_write(path, write_file)
     except OSError as e:
         print(f'[dataset] cannot write the cache {path} ({e}); the labels will be parsed again next time')
 
