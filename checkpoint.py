@@ -1,19 +1,174 @@
-"""Writing checkpoint files atomically (reading them: ``models.load_checkpoint``).
+"""Checkpoint files: reading them strictly, writing them atomically, and ImageNet trunk weights.
 
-A checkpoint is a dict with the official keys, which the official code reads too:
-``epoch`` (completed epochs), ``arch``, ``state_dict`` (bare model, no ``module.`` prefix),
-``best_score`` (best mAP in percent); plus ours, absent from released checkpoints:
-``optimizer``, ``scaler`` (GradScaler), ``rng`` (:func:`util.get_rng_state`), ``args`` (a dict).
-Everything is tensors and plain containers, so ``torch.load(weights_only=True)`` reads it.
+A checkpoint is a dict with the official keys, which the official code reads too: ``epoch``
+(completed epochs), ``arch``, ``state_dict`` (bare model, no ``module.`` prefix), ``best_score``
+(best mAP in percent). Ours add the run's settings, so that evaluation, resume and prediction
+need nothing else: ``args`` (the command-line settings), ``classes`` (class names), ``adj`` and
+``nums`` (the label graph's counts), ``word_vectors`` [C, 300]. ``checkpoint.pth.tar`` also holds
+what an exact resume needs (``TRAINING_KEYS``): ``optimizer``, ``scaler`` (GradScaler), ``rng``
+(every process's generators), ``ema`` (the weight average, when on). Everything is tensors and
+plain containers, so ``torch.load(weights_only=True)`` reads it.
 """
 import os
-import shutil
+import re
+import urllib.error
+from collections.abc import Mapping
 
+import numpy as np
 import torch
+
+from errors import CheckpointError
 
 CHECKPOINT_NAME = 'checkpoint.pth.tar'
 BEST_NAME = 'model_best.pth.tar'
+TRAINING_KEYS = ('optimizer', 'scaler', 'rng', 'ema')
+# The official repository's first release had an unused Linear ProjectMs and no W, B; its
+# checkpoints differ from the later layout in these dead parameters only.
+FIRST_RELEASE_EXTRA = {'ProjectMs.weight': (512, 512), 'ProjectMs.bias': (512,)}
+FIRST_RELEASE_MISSING = ('W', 'B')
 
+REPO_DIR = os.path.dirname(os.path.abspath(__file__))
+IMAGENET_URLS = {  # the files the official code was trained from
+    'resnet18': 'https://download.pytorch.org/models/resnet18-5c106cde.pth',
+    'resnet34': 'https://download.pytorch.org/models/resnet34-333f7ec4.pth',
+    'resnet50': 'https://download.pytorch.org/models/resnet50-19c8e357.pth',
+    'resnet101': 'https://download.pytorch.org/models/resnet101-5d3b4d8f.pth',
+    'resnet152': 'https://download.pytorch.org/models/resnet152-b121ed2d.pth',
+}
+
+
+# ---- reading ------------------------------------------------------------------------------------
+
+def read_checkpoint(path):
+    """torch.load a checkpoint safely (weights_only) onto the CPU, or raise CheckpointError."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f'{path}: checkpoint not found; check the --resume path')
+    try:
+        return torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:  # torch raises many types for corrupt or foreign files
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f'{path}: cannot read checkpoint ({first_line})') from e
+
+
+def _read(source):
+    """(checkpoint dict, 'path: ' prefix for messages) from a path or an already read dict."""
+    if isinstance(source, (str, os.PathLike)):
+        return read_checkpoint(source), f'{source}: '
+    return source, ''
+
+
+def bare_state_dict(checkpoint, where=''):
+    """The model weights of a checkpoint dict (ours, official, or a raw state_dict), ``module.`` removed."""
+    state = checkpoint.get('state_dict', checkpoint) if isinstance(checkpoint, Mapping) else None
+    if not isinstance(state, Mapping) or not all(torch.is_tensor(v) for v in state.values()):
+        raise CheckpointError(f"{where}expected a dict with a 'state_dict' of tensors, or a raw state_dict")
+    if state and all(k.startswith('module.') for k in state):   # saved from DataParallel / DDP
+        state = {k[len('module.'):]: v for k, v in state.items()}
+    return dict(state)
+
+
+def _listing(keys, limit=5):
+    keys = sorted(keys)
+    more = f' and {len(keys) - limit} more' if len(keys) > limit else ''
+    return ', '.join(keys[:limit]) + more
+
+
+def _mismatch_hint(model, mismatched, state):
+    if 'fc2.weight' in mismatched:
+        return f' (the checkpoint has {state["fc2.weight"].shape[0]} classes, the model {model.num_classes})'
+    if 'fc1.weight' in mismatched and hasattr(model, 'num_node'):
+        per_node = model.fc1.in_features // (model.num_classes + model.num_node)
+        groups = state['fc1.weight'].shape[1] // per_node - model.num_classes
+        return f' (the checkpoint has {groups} label groups, the model {model.num_node}: set --pool_ratio accordingly)'
+    return ''
+
+
+def _first_release_variant(state, expected):
+    """Drop the first release's dead ProjectMs; return the names of the dead parameters that differ."""
+    extra = [k for k, shape in FIRST_RELEASE_EXTRA.items()
+             if k in state and k not in expected and tuple(state[k].shape) == shape]
+    absent = [k for k in FIRST_RELEASE_MISSING if k in expected and k not in state]
+    for k in extra:
+        del state[k]
+    return extra + absent
+
+
+def load_checkpoint(model, source):
+    """Load weights strictly from a checkpoint path or dict (ours, official, or a raw state_dict).
+
+    Accepts a ``module.`` prefix and the first official release's layout (an unused ``ProjectMs``,
+    no ``W``/``B``: those never reach the forward pass; ``W``/``B`` keep their initial values).
+    Any other missing or unexpected key or shape mismatch raises CheckpointError naming them.
+    Returns the checkpoint dict.
+    """
+    checkpoint, where = _read(source)
+    state = bare_state_dict(checkpoint, where)
+    expected = model.state_dict()
+    dead = _first_release_variant(state, expected)
+    missing = expected.keys() - state.keys() - set(dead)
+    unexpected = state.keys() - expected.keys()
+    mismatched = {k for k in expected.keys() & state.keys() if expected[k].shape != state[k].shape}
+    if missing or unexpected or mismatched:
+        parts = [f'{label} [{_listing(keys)}]' for label, keys in
+                 (('missing', missing), ('unexpected', unexpected), ('shape mismatch', mismatched)) if keys]
+        raise CheckpointError(f'{where}checkpoint does not fit the model: {"; ".join(parts)}'
+                              f'{_mismatch_hint(model, mismatched, state)}')
+    if dead:
+        print(f'=> first-release checkpoint layout: unused parameters {", ".join(dead)} differ and are '
+              'ignored (never used by the forward pass)')
+    model.load_state_dict(state, strict=not dead)
+    return checkpoint
+
+
+def load_matching(model, source):
+    """Load every weight whose name and shape fit (``--finetune``); return (loaded, fresh) key lists."""
+    checkpoint, where = _read(source)
+    state = bare_state_dict(checkpoint, where)
+    expected = model.state_dict()
+    loaded = [k for k in expected if k in state and state[k].shape == expected[k].shape]
+    if not loaded:
+        raise CheckpointError(f'{where}no weight of the checkpoint fits the model (another backbone? --backbone)')
+    model.load_state_dict({k: state[k] for k in loaded}, strict=False)
+    return loaded, [k for k in expected if k not in loaded]
+
+
+def stored_settings(checkpoint):
+    """What our checkpoints carry beside the weights (released ones have none of it):
+    'args' (dict), 'classes' (list), 'graph' ({'adj', 'nums'} float64 arrays), 'word_vectors'
+    (float32 [C, 300]); absent entries are left out."""
+    settings = {}
+    if isinstance(checkpoint.get('args'), Mapping):
+        settings['args'] = dict(checkpoint['args'])
+    if isinstance(checkpoint.get('classes'), (list, tuple)):
+        settings['classes'] = [str(name) for name in checkpoint['classes']]
+    if torch.is_tensor(checkpoint.get('adj')) and torch.is_tensor(checkpoint.get('nums')):
+        settings['graph'] = {k: checkpoint[k].double().numpy() for k in ('adj', 'nums')}
+    if torch.is_tensor(checkpoint.get('word_vectors')):
+        settings['word_vectors'] = checkpoint['word_vectors'].float().numpy()
+    return settings
+
+
+def settings_entries(args=None, classes=None, graph=None, word_vectors=None):
+    """The checkpoint entries that :func:`stored_settings` reads back (None: left out)."""
+    entries = {'args': _plain(args) if args is not None else None,
+               'classes': list(classes) if classes is not None else None,
+               'word_vectors': torch.as_tensor(np.asarray(word_vectors, np.float32))
+               if word_vectors is not None else None}
+    if graph is not None:
+        entries.update({k: torch.as_tensor(np.asarray(graph[k], np.float64)) for k in ('adj', 'nums')})
+    return {k: v for k, v in entries.items() if v is not None}
+
+
+def _plain(obj):
+    """``obj`` with anything but plain data turned into strings (checkpoints load weights-only)."""
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj if obj is None or isinstance(obj, (bool, int, float, str)) else str(obj)
+
+
+# ---- writing ------------------------------------------------------------------------------------
 
 def atomic_write(path, write):
     """Call ``write(tmp_path)``, then rename onto ``path``: a crash leaves the old file intact."""
@@ -30,10 +185,46 @@ def atomic_write(path, write):
             os.remove(tmp)
 
 
-def save_checkpoint(state, is_best, save_dir):
-    """Write ``save_dir/checkpoint.pth.tar`` and, when ``is_best``, ``model_best.pth.tar``; return the path."""
+def save_checkpoint(state, save_dir, best=None):
+    """Write ``state`` to ``save_dir/checkpoint.pth.tar`` and, when given, ``best`` to
+    ``model_best.pth.tar``; return the checkpoint's path."""
     path = os.path.join(save_dir, CHECKPOINT_NAME)
     atomic_write(path, lambda tmp: torch.save(state, tmp))
-    if is_best:
-        atomic_write(os.path.join(save_dir, BEST_NAME), lambda tmp: shutil.copyfile(path, tmp))
+    if best is not None:
+        atomic_write(os.path.join(save_dir, BEST_NAME), lambda tmp: torch.save(best, tmp))
     return path
+
+
+# ---- ImageNet weights of the trunk --------------------------------------------------------------
+
+def default_pretrained_path(model_name):
+    return os.path.join(REPO_DIR, 'pretrained', f'{model_name}.pth.tar')
+
+
+def _download_imagenet(url, path):
+    hash_prefix = re.search(r'-([a-f0-9]{6,})\.', os.path.basename(url))
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    try:  # torch.hub writes to a temp file and checks the sha256 prefix in the file name
+        torch.hub.download_url_to_file(url, path, hash_prefix=hash_prefix and hash_prefix.group(1))
+    except (urllib.error.URLError, OSError, RuntimeError) as e:
+        raise CheckpointError(f'{path} not found and downloading {url} failed ({e}); download it where you '
+                              f'have internet and save it as {path}, or pass -pm PATH') from e
+
+
+def load_imagenet_trunk(model, path=None, model_name='resnet101', url=None):
+    """Load torchvision ImageNet weights (fc dropped) into model.resnet_101; the conv_buffers keep their init.
+
+    A missing file is downloaded from the official URL (sha256-prefix checked).
+    """
+    path = path or default_pretrained_path(model_name)
+    if not os.path.isfile(path):
+        _download_imagenet(url or IMAGENET_URLS[model_name], path)
+    state = {k: v for k, v in bare_state_dict(read_checkpoint(path), f'{path}: ').items() if not k.startswith('fc.')}
+    trunk = model.resnet_101.state_dict()
+    expected = {k for k in trunk if not k.startswith('conv_buffer')}
+    mismatched = {k for k in expected & state.keys() if trunk[k].shape != state[k].shape}
+    if expected != state.keys() or mismatched:
+        raise CheckpointError(f'{path}: not {model_name} ImageNet weights: missing [{_listing(expected - state.keys())}]; '
+                              f'unexpected [{_listing(state.keys() - expected)}]; shape mismatch [{_listing(mismatched)}]')
+    model.resnet_101.load_state_dict(state, strict=False)
+    return model

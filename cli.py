@@ -1,63 +1,139 @@
-"""The command line shared by the four demo scripts: one parser, the builders, and the run.
+"""The command line, in one place: the parser of the demo scripts (and the flags predict.py shares),
+the settings a checkpoint brings, the builders that turn arguments into datasets, model,
+optimizer, loss and engine, and the run. No other module reads ``args``.
 
-Each ``demo_*_gcn.py`` only passes its ``DATASET`` dict (loader, splits, defaults) to ``main``.
-Defaults that are paths (graph and word files, save folder, ImageNet weights) resolve against the
-repository, so the scripts run from any working directory; paths you pass resolve as usual.
+Each ``demo_*_gcn.py`` only passes its ``DATASET`` dict (loader, splits, the official script's
+defaults) to ``main``. Defaults that are paths (graph and word files, save folder, ImageNet
+weights) resolve against the repository, so the scripts run from any working directory.
 """
 import argparse
 import os
+import re
+import subprocess
 import sys
+import traceback
 
-import torch.nn as nn
+import torch
 
+import checkpoint as ckpt
 import distributed
 import label_files
-from engine import build_engine, build_optimizer, init_run
-from errors import DatasetError
-from models import RESNET_LAYOUTS, MSRN, default_pretrained_path, load_imagenet_trunk
+from engine import GCNMultiLabelMAPEngine
+from errors import CheckpointError, MSRNError, UsageError
+from losses import LOSSES, build_loss
+from models import MSRN, RESNET_LAYOUTS
+from util import seed_everything
 
 REPO_DIR = os.path.dirname(os.path.abspath(__file__))
 PICKLE_WARNING = 'pickles can run code when loaded: pass only files you trust (.npy/.npz also accepted)'
+# Settings of a run that a checkpoint of ours restores when the command line does not give them;
+# the others (what to do now, on which machine) are never taken from a checkpoint.
+NOT_RESTORED = {'resume', 'evaluate', 'finetune', 'start_epoch', 'device', 'workers', 'download', 'skip_corrupt',
+                'print_freq', 'progress', 'pretrained', 'pretrain_model', 'graph_file', 'word_file'}
+MODEL_SETTINGS = ('backbone', 'pool_ratio', 'image_size')  # what predict.py restores
+
+
+# ---- the parser ---------------------------------------------------------------------------------
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse where ``--epoch_step 30 40 DIR`` takes the integers only, leaving DIR positional."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        return super().parse_known_args(_join_epoch_steps(sys.argv[1:] if args is None else list(args)), namespace)
+
+
+def _join_epoch_steps(argv):
+    """``--epoch_step 30 40`` -> ``--epoch_step=30,40``: the integers after the flag, nothing more."""
+    out, i = [], 0
+    while i < len(argv):
+        out.append(argv[i])
+        if argv[i] in ('--epoch_step', '--epoch-step'):
+            j = i + 1
+            while j < len(argv) and re.fullmatch(r'\d+', argv[j]):
+                j += 1
+            if j > i + 1:
+                out[-1] = f'{argv[i]}={",".join(argv[i + 1:j])}'
+                i = j - 1
+        i += 1
+    return out
+
+
+def _epoch_list(text):
+    try:
+        return [int(step) for step in text.split(',')]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected epochs such as 30 or 30,40, not {text!r}') from None
+
+
+def add_model_arguments(group, pool_ratio=None):
+    """--pool_ratio and --backbone; ``pool_ratio`` None: the dataset's (predict.py)."""
+    shown = pool_ratio if pool_ratio is not None else "the dataset script's"
+    group.add_argument('--pool_ratio', '-po', default=pool_ratio, type=float, metavar='O',
+                       help=f"label groups K = int(pool_ratio x classes) (default: the checkpoint's, else {shown})")
+    group.add_argument('--backbone', '-bb', default='resnet101', choices=list(RESNET_LAYOUTS), metavar='B',
+                       help=f"trunk: {', '.join(RESNET_LAYOUTS)} (default: the checkpoint's, else resnet101)")
+
+
+def add_label_file_arguments(group, graph_default=None, word_default=None):
+    """-graph_file, -word_file (None: the dataset's official file) and --no-download."""
+    group.add_argument('-graph_file', '--graph-file', default=graph_default, metavar='PATH',
+                       help=f"label co-occurrence graph {{adj, nums}} (default: the checkpoint's, else "
+                            f'{_shown(graph_default)}); {PICKLE_WARNING}')
+    group.add_argument('-word_file', '--word-file', default=word_default, metavar='PATH',
+                       help=f"label word vectors [classes, 300], or a GloVe text file (default: the checkpoint's, "
+                            f'else {_shown(word_default)}); {PICKLE_WARNING}')
+    group.add_argument('--no-download', dest='download', action='store_false',
+                       help='never download: a missing dataset or data file is an error')
+
+
+def add_device_argument(group):
+    group.add_argument('--device', default='auto', choices=['auto', 'cpu', 'cuda'],
+                       help='auto: CUDA when available (default)')
+
+
+def _shown(path):
+    where = os.path.relpath(path, REPO_DIR) if path else "the dataset's file under data/"
+    return f'{where}, downloaded and checked when missing'
 
 
 def get_args_parser(dataset):
-    """The official flags (same spellings and defaults) plus ours, grouped; ``dataset`` is a DATASET dict."""
+    """The official flags (same spellings and defaults as the official script) plus ours, grouped."""
     name = dataset['name']
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description=f"Train or evaluate MSRN on {dataset['title']}.",
         epilog='Several GPUs: torchrun --nproc_per_node N %(prog)s ... (see README).')
     data = parser.add_argument_group('data')
-    data.add_argument('data', metavar='DIR', help=f"dataset folder ({dataset['layout']})")
-    data.add_argument('--image-size', '-i', default=224, type=int, metavar='N',
-                      help='image side in pixels (default: 224; the paper and the released models use 448)')
-    data.add_argument('-j', '--workers', default=4, type=int, metavar='N', help='data loading processes (default: 4)')
-    data.add_argument('-graph_file', '--graph-file', default=label_files.default_file(name, 'graph'), metavar='PATH',
-                      help=f'label co-occurrence graph {{adj, nums}} (default: data/{name}/{name}_adj.pkl, '
-                           f'downloaded and checked when missing); {PICKLE_WARNING}')
-    data.add_argument('-word_file', '--word-file', default=label_files.default_file(name, 'word'), metavar='PATH',
-                      help=f'label word vectors [classes, 300] (default: data/{name}/{name}_glove_word2vec.pkl, '
-                           f'downloaded and checked when missing); {PICKLE_WARNING}')
+    data.add_argument('data', metavar='DIR', nargs='?', default=None,
+                      help=f"dataset folder ({dataset['layout']}); with --resume, default: the checkpoint's")
+    size = dataset.get('image_size', 224)
+    data.add_argument('--image-size', '-i', default=size, type=int, metavar='N',
+                      help=f'image side in pixels (default: {size}, as the official script; the paper used 448)')
+    workers = min(dataset.get('workers', 4), os.cpu_count() or 1)
+    data.add_argument('-j', '--workers', default=workers, type=int, metavar='N',
+                      help=f"data loading processes (default: {workers}: the official {dataset.get('workers', 4)}, "
+                           'at most the CPU count)')
+    add_label_file_arguments(data, *(dataset.get(key, label_files.default_file(name, kind))
+                                     for key, kind in (('graph_file', 'graph'), ('word_file', 'word'))))
     for flags, options in dataset.get('flags', {}).items():
         data.add_argument(*flags, **options)
-    data.add_argument('--no-download', dest='download', action='store_false',
-                      help='never download: a missing dataset or data file is an error')
     data.add_argument('--skip-corrupt', action='store_true',
                       help='leave unreadable images out (their count is printed) instead of stopping')
 
     model = parser.add_argument_group('model')
-    model.add_argument('--pool_ratio', '-po', default=dataset['pool_ratio'], type=float, metavar='O',
-                       help=f"label groups K = int(pool_ratio x classes) (default: {dataset['pool_ratio']})")
-    model.add_argument('--backbone', '-bb', default='resnet101', choices=list(RESNET_LAYOUTS), metavar='B',
-                       help=f"trunk: {', '.join(RESNET_LAYOUTS)} (default: resnet101, the released models')")
+    add_model_arguments(model, dataset['pool_ratio'])
     model.add_argument('--pretrained', dest='pretrained', default=1, type=int, metavar='0|1',
                        help='start the trunk from ImageNet weights (default: 1)')
     model.add_argument('-pm', '--pretrain_model', default=None, metavar='PATH',
                        help='ImageNet weights of the trunk (default: pretrained/<backbone>.pth.tar, '
                             'downloaded from download.pytorch.org when missing)')
+    model.add_argument('--finetune', default=None, metavar='PATH',
+                       help='start a new run from another MSRN checkpoint: every weight whose name and shape '
+                            'fit is loaded, the rest (e.g. the classifier for other classes) starts fresh')
 
     train = parser.add_argument_group('training')
-    train.add_argument('--epochs', default=20, type=int, metavar='N', help='train until this epoch (default: 20)')
-    train.add_argument('--epoch_step', default=[30], type=int, nargs='+', metavar='E',
+    train.add_argument('--epochs', default=200, type=int, metavar='N',
+                       help='train until this epoch (default: 200, what the official loop ran)')
+    train.add_argument('--epoch_step', '--epoch-step', default=[30], type=_epoch_list, metavar='E [E ...]',
                        help='epochs at which the lr is multiplied by 0.1 (default: 30)')
     train.add_argument('--start-epoch', default=0, type=int, metavar='N',
                        help='first epoch when not resuming; also places the lr schedule (default: 0)')
@@ -70,72 +146,248 @@ def get_args_parser(dataset):
                        help='weight decay (default: 1e-4)')
     train.add_argument('--clip-grad-norm', default=0.0, type=float, metavar='NORM',
                        help='clip the gradient norm to NORM after unscaling; 0 = off (default, as published)')
+    train.add_argument('--amp', default=None, action=argparse.BooleanOptionalAction,
+                       help='float16 autocast and gradient scaling (default: on with CUDA, as official)')
+    train.add_argument('--sync-bn', action='store_true',
+                       help='under torchrun, BatchNorm statistics over all processes (N x -b, as on one GPU)')
+    train.add_argument('--loss', default='multilabel-soft-margin', choices=LOSSES,
+                       help='classification loss (default: multilabel-soft-margin, the official one); '
+                            'asl: the asymmetric loss; MSRN\'s group loss is added to either')
+    train.add_argument('--asl-gamma-neg', default=4.0, type=float, metavar='G',
+                       help='asl: focusing of negatives (default: 4)')
+    train.add_argument('--asl-gamma-pos', default=0.0, type=float, metavar='G',
+                       help='asl: focusing of positives (default: 0)')
+    train.add_argument('--asl-clip', default=0.05, type=float, metavar='M',
+                       help='asl: probability shift of negatives (default: 0.05)')
+    train.add_argument('--ema-decay', default=0.0, type=float, metavar='D',
+                       help='also keep an exponential moving average of the weights with this decay (e.g. '
+                            '0.9997) and validate it; 0 = off (default, as published)')
     train.add_argument('--print-freq', '-p', default=0, type=int, metavar='N',
                        help='print a line every N batches; 0 = progress bar only (default: 0)')
+    train.add_argument('--progress', default=None, action=argparse.BooleanOptionalAction,
+                       help='progress bars (default: only when stderr is a terminal)')
 
-    run = parser.add_argument_group('checkpoints and evaluation')
-    run.add_argument('--resume', default='', metavar='PATH',
-                     help='checkpoint to continue from (ours or a released one); missing = error')
-    run.add_argument('-e', '--evaluate', dest='evaluate', action='store_true',
-                     help='evaluate the model on the test split and exit (use with --resume)')
-    run.add_argument('--save-dir', default=os.path.join(REPO_DIR, dataset['save_dir']), metavar='DIR',
-                     help=f"checkpoints, logs, eval JSON and curves (default: {dataset['save_dir']} in the repo)")
+    run_group = parser.add_argument_group('checkpoints and evaluation')
+    run_group.add_argument('--resume', default='', metavar='PATH',
+                           help='checkpoint to continue from (ours or a released one); missing = error. Settings '
+                                'not given on the command line are taken from it')
+    run_group.add_argument('-e', '--evaluate', dest='evaluate', action='store_true',
+                           help='evaluate the model on the test split and exit (use with --resume); '
+                                'nothing of the training split is read')
+    run_group.add_argument('--save-dir', default=os.path.join(REPO_DIR, dataset['save_dir']), metavar='DIR',
+                           help=f"checkpoints, logs, eval JSON and curves (default: {dataset['save_dir']} in the "
+                                "repo, or the resumed run's)")
 
     system = parser.add_argument_group('system')
-    system.add_argument('--device', default='auto', choices=['auto', 'cpu', 'cuda'],
-                        help='auto: CUDA when available (default)')
+    add_device_argument(system)
     system.add_argument('--seed', default=None, type=int, metavar='S',
                         help='seed every generator (+ rank); with -j 0 a CPU run repeats bit for bit')
     return parser
 
 
-def build_datasets(args, dataset):
-    """(train, test) datasets of the DATASET dict from the parsed arguments."""
-    options = dict(inp_name=args.word_file, download=args.download, skip_corrupt=args.skip_corrupt,
+def parse_args(parser, argv=None):
+    """(args, given): the parsed arguments, and the names of those given on the command line."""
+    args = parser.parse_args(argv)
+    actions = [a for a in parser._actions if a.dest != 'help']
+    defaults = [a.default for a in actions]
+    try:  # parse once more with every default suppressed: what remains was given
+        for action in actions:
+            action.default = argparse.SUPPRESS
+        given = set(vars(parser.parse_args(argv)))
+    finally:
+        for action, default in zip(actions, defaults):
+            action.default = default
+    return args, given
+
+
+# ---- settings from a checkpoint -----------------------------------------------------------------
+
+def restore_settings(args, given, stored, keys=None):
+    """Take the settings ``stored`` in a checkpoint (its 'args') that the command line did not give;
+    print one line per given flag that differs from the checkpoint, one line for what was taken."""
+    taken = []
+    for key, value in stored.items():
+        if key in NOT_RESTORED or not hasattr(args, key) or (keys is not None and key not in keys):
+            continue
+        if key in given:
+            if getattr(args, key) != value:
+                print(f'=> --{key.replace("_", "-")} {_flag_value(getattr(args, key))} given; the checkpoint '
+                      f'was made with {_flag_value(value)}')
+        elif key == 'save_dir' and not (isinstance(value, str) and os.path.isdir(value)):
+            continue  # the run's folder is elsewhere (another machine): the default folder serves
+        elif getattr(args, key) != value:
+            setattr(args, key, value)
+            taken.append(f'{key}={_flag_value(value)}')
+    if taken:
+        print(f"=> settings from the checkpoint: {'  '.join(taken)}")
+
+
+def _flag_value(value):
+    return ' '.join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def checkpoint_backbone(checkpoint):
+    """The trunk a checkpoint was made with, when it says so (ours: 'args', older ones: 'arch')."""
+    stored = ckpt.stored_settings(checkpoint).get('args', {})
+    arch = stored.get('backbone', checkpoint.get('arch'))
+    return arch if arch in RESNET_LAYOUTS else None
+
+
+def _announce_replaced(given, settings, flag, kind):
+    if flag in given and kind in settings:
+        print(f"=> -{flag} given: it replaces the checkpoint's {kind.replace('_', ' ')}")
+
+
+def word_vectors_input(args, given, settings):
+    """The word vectors [C, 300] of the checkpoint, unless -word_file is given; else the word file
+    (None: the dataset's default file)."""
+    _announce_replaced(given, settings, 'word_file', 'word_vectors')
+    return settings['word_vectors'] if 'word_file' not in given and 'word_vectors' in settings else args.word_file
+
+
+def label_graph_input(args, given, settings, dataset_name, num_classes):
+    """The label graph {adj, nums}: -graph_file if given, else the checkpoint's, else the
+    dataset's default file (downloaded when missing)."""
+    _announce_replaced(given, settings, 'graph_file', 'graph')
+    if 'graph_file' not in given and 'graph' in settings:
+        return settings['graph']
+    return label_files.load_adjacency(args.graph_file or label_files.default_file(dataset_name, 'graph'),
+                                      num_classes, download=args.download)
+
+
+# ---- builders: the only functions that read the parsed arguments ---------------------------------
+
+def init_run(args):
+    """Join torchrun's process group if any (``args.device``), seed every generator with
+    ``args.seed`` + rank, print the arguments and git commit; return this process's device."""
+    device = distributed.init_distributed_mode(args.device)
+    if args.seed is not None:
+        seed_everything(args.seed + distributed.get_rank())
+    print(f'git commit: {_git_commit()}  processes: {distributed.get_world_size()}  device: {device}')
+    print('arguments: ' + '  '.join(f'{k}={v}' for k, v in sorted(vars(args).items())))
+    return device
+
+
+def _git_commit():
+    try:
+        return subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=REPO_DIR, capture_output=True, text=True,
+                              timeout=10).stdout.strip() or 'unknown'
+    except (OSError, subprocess.SubprocessError):
+        return 'unknown'
+
+
+def build_datasets(args, dataset, word_vectors):
+    """(train, test) datasets of the DATASET dict; train is None with ``-e`` (never read then)."""
+    options = dict(inp_name=word_vectors, download=args.download, skip_corrupt=args.skip_corrupt,
                    **{key: getattr(args, key) for key in dataset.get('loader_args', ())})
-    return tuple(dataset['loader'](args.data, split, **options) for split in dataset['splits'])
+    train_split, test_split = dataset['splits']
+    test = dataset['loader'](args.data, test_split, **options)
+    train = None if args.evaluate else dataset['loader'](args.data, train_split, **options)
+    return train, test
 
 
-def build_model(args, num_classes):
-    """MSRN with the graph of ``-graph_file``; ImageNet trunk weights unless resuming or --pretrained 0."""
-    graph = label_files.load_adjacency(args.graph_file, num_classes, download=args.download)
+def build_model(args, num_classes, graph, finetune=None):
+    """MSRN with the label graph; trunk weights from ImageNet, unless resuming, fine-tuning (every
+    fitting weight of ``finetune``, the checkpoint dict of ``--finetune``) or ``--pretrained 0``."""
     model = MSRN(num_classes, args.pool_ratio, args.backbone, graph)
-    if args.pretrained and not args.resume:
-        path = args.pretrain_model or default_pretrained_path(args.backbone)
+    if finetune is not None:
+        loaded, fresh = ckpt.load_matching(model, finetune)
+        print(f'=> fine-tuning from {args.finetune}: {len(loaded)} weights loaded, {len(fresh)} start fresh'
+              + (f" ({', '.join(fresh[:6])}{' ...' if len(fresh) > 6 else ''})" if fresh else ''))
+    elif args.pretrained and not args.resume:
+        path = args.pretrain_model or ckpt.default_pretrained_path(args.backbone)
         print(f'=> ImageNet weights of the trunk from {path}')
-        load_imagenet_trunk(model, path, args.backbone)
+        ckpt.load_imagenet_trunk(model, path, args.backbone)
     return model
 
 
-def run(args, dataset):
+def build_optimizer(args, model):
+    """The official SGD: ``model.get_config_optim(lr)`` groups (trunk at lr x 0.1)."""
+    return torch.optim.SGD(model.get_config_optim(args.lr), lr=args.lr, momentum=args.momentum,
+                           weight_decay=args.weight_decay)
+
+
+def build_criterion(args):
+    return build_loss(args.loss, gamma_neg=args.asl_gamma_neg, gamma_pos=args.asl_gamma_pos, clip=args.asl_clip)
+
+
+def build_engine(args, *, device, resume, class_names, settings, difficult_examples=True):
+    """The MSRN engine from the command line; ``resume``: the checkpoint dict read (or None)."""
+    return GCNMultiLabelMAPEngine(
+        device=device, batch_size=args.batch_size, workers=args.workers, max_epochs=args.epochs,
+        start_epoch=args.start_epoch, epoch_step=args.epoch_step, image_size=args.image_size,
+        print_freq=args.print_freq, save_dir=args.save_dir, resume=resume, evaluate=args.evaluate,
+        eval_name=eval_name(args) if args.evaluate else None, seed=args.seed, clip_grad_norm=args.clip_grad_norm or None, amp=args.amp,
+        progress=args.progress, sync_bn=args.sync_bn, ema_decay=args.ema_decay, loss_name=args.loss,
+        arch=args.backbone, settings=settings, class_names=class_names, difficult_examples=difficult_examples)
+
+
+def eval_name(args):
+    """The eval JSON of ``-e``: named after the checkpoint, never overwriting an earlier one."""
+    stem = re.sub(r'(\.pth)?(\.tar)?$', '', os.path.basename(args.resume)) if args.resume else 'weights'
+    name, n = f'eval_{stem}.json', 1
+    while os.path.exists(os.path.join(args.save_dir, name)):
+        n += 1
+        name = f'eval_{stem}-{n}.json'
+    return name
+
+
+# ---- the run ------------------------------------------------------------------------------------
+
+def run(args, given, dataset):
     """Build everything and train or evaluate; returns the best (or evaluated) mAP."""
+    if args.resume and args.finetune:
+        raise UsageError('--resume continues a run, --finetune starts a new one from a checkpoint: give one of them')
+    distributed.init_distributed_mode(args.device)  # first: only rank 0 prints what follows
+    checkpoint = ckpt.read_checkpoint(args.resume) if args.resume else None
+    settings = ckpt.stored_settings(checkpoint) if checkpoint is not None else {}
+    if 'args' in settings:
+        restore_settings(args, given, settings['args'])
+    finetune = ckpt.read_checkpoint(args.finetune) if args.finetune else None
+    source = checkpoint if checkpoint is not None else finetune
+    if 'backbone' not in given and source is not None and checkpoint_backbone(source):
+        args.backbone = checkpoint_backbone(source)
+    if args.data is None:
+        raise UsageError('the dataset folder DIR is missing (a checkpoint of ours given with --resume supplies it)')
     device = init_run(args)
-    train_set, test_set = build_datasets(args, dataset)
-    model = build_model(args, train_set.num_classes)
-    engine = build_engine(args, device=device, class_names=train_set.classes)
+    classes = dataset['classes']
+    if 'classes' in settings and settings['classes'] != list(classes):
+        raise CheckpointError(f"{args.resume}: the checkpoint's {len(settings['classes'])} classes "
+                              f"({', '.join(settings['classes'][:3])}, ...) are not this dataset's; "
+                              'use the demo script of its dataset')
+    train_set, test_set = build_datasets(args, dataset, word_vectors_input(args, given, settings))
+    graph = label_graph_input(args, given, settings, dataset['name'], len(classes))
+    model = build_model(args, len(classes), graph, finetune)
+    stored_args = dict(vars(args), data=os.path.abspath(args.data), save_dir=os.path.abspath(args.save_dir))
+    run_settings = ckpt.settings_entries(args=stored_args, classes=classes, graph=graph,
+                                         word_vectors=test_set.inp.numpy())
+    engine = build_engine(args, device=device, resume=checkpoint, class_names=classes, settings=run_settings)
     try:
-        return engine.learning(model, nn.MultiLabelSoftMarginLoss(), train_set, test_set,
-                               build_optimizer(args, model))
+        return engine.learning(model, build_criterion(args), train_set, test_set,
+                               None if args.evaluate else build_optimizer(args, model))
     finally:
         distributed.cleanup()
 
 
 def main(dataset, argv=None):
     """Entry point of a demo script: parse and run; returns the exit code."""
-    return guarded(run, get_args_parser(dataset).parse_args(argv), dataset)
+    args, given = parse_args(get_args_parser(dataset), argv)
+    return guarded(run, args, given, dataset)
 
 
 def guarded(action, *args):
-    """Run ``action(*args)``; bad input becomes one line on stderr and exit code 2 (no traceback)."""
+    """Run ``action(*args)``. Bad input (the project's own errors) becomes one line on stderr and
+    exit code 2; anything else is a bug and keeps its traceback (exit code 1)."""
     try:
         action(*args)
         return 0
-    except DatasetError as e:
-        message = e.line
-    except (ValueError, RuntimeError) as e:  # CheckpointError, NonFinite*Error, no CUDA, bad shapes
-        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    except MSRNError as e:
+        print(f'error: {e.line}', file=sys.stderr, flush=True)
+        return 2
+    except torch.cuda.OutOfMemoryError:
+        traceback.print_exc()
+        print('hint: the GPU ran out of memory; try a smaller --batch-size (-b) or --image-size', file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print('interrupted', file=sys.stderr)
         return 130
-    print(f'error: {message}', file=sys.stderr, flush=True)
-    return 2

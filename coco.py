@@ -98,7 +98,7 @@ def read_cache(path):
 
 def _missing(root, path, part):
     return DatasetError(f'{path}: not found; extract {os.path.basename(ARCHIVES[part].urls[0])} into {root}, '
-                        f'or allow downloading (download=True)')
+                        f'or drop --no-download to let the script download it')
 
 
 def read_samples(root, phase, download=False):
@@ -113,8 +113,8 @@ def read_samples(root, phase, download=False):
     if not cached and not os.path.isfile(ann) and download:
         download_and_extract(ARCHIVES['annotations'], root)
     if not os.path.isdir(root):
-        raise DatasetError(f'{root}: dataset folder not found; allow downloading (download=True) or pass the '
-                           f'folder that holds {phase}2014/ and annotations/')
+        raise DatasetError(f'{root}: dataset folder not found; drop --no-download to let the script download it, or pass '
+                           f'the folder that holds {phase}2014/ and annotations/')
     if not os.path.isdir(images):
         raise _missing(root, images, phase)
     if cached:

@@ -31,7 +31,7 @@ def read_image(path):
         raise DatasetError(f'{path}: image not found; check the dataset root') from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise DatasetError(f'{path}: cannot read image ({_one_line(e)}); replace the file, or leave unreadable '
-                           f'images out with skip_corrupt=True (demo scripts: --skip-corrupt)') from e
+                           f'images out with --skip-corrupt') from e
 
 
 def _unreadable(path):
@@ -80,7 +80,8 @@ class MultiLabelDataset(data.Dataset):
 
     ``transform`` and ``target_transform`` are public: the engine sets them after construction.
     With ``skip_corrupt`` every image is decoded once here and unreadable ones are left out and
-    reported; without it an unreadable image raises DatasetError when it is loaded.
+    reported; without it an unreadable image raises DatasetError when it is loaded. ``inp_name``:
+    the word-vector file (None: the dataset's default file), or the vectors [C, 300] themselves.
     """
 
     def __init__(self, samples, classes, *, dataset, source, description, inp_name=None, transform=None,
@@ -89,8 +90,10 @@ class MultiLabelDataset(data.Dataset):
             raise DatasetError(f'{source}: no images in {description}; check the split name and the file')
         self.classes = list(classes)
         self.num_classes = len(self.classes)
-        self.inp_name = inp_name or label_files.default_file(dataset, 'word')
-        self.inp = torch.from_numpy(label_files.load_word_vectors(self.inp_name, self.num_classes, download=download))
+        given = isinstance(inp_name, np.ndarray)
+        self.inp_name = None if given else inp_name or label_files.default_file(dataset, 'word')  # the file read
+        self.inp = torch.from_numpy(self._check_word_vectors(inp_name) if given else label_files.load_word_vectors(
+            self.inp_name, self.num_classes, download=download))
         check_present([path for path, _, _ in samples], source)
         self.skipped = self._unreadable_samples(samples, source) if skip_corrupt else []
         if self.skipped:
@@ -104,6 +107,13 @@ class MultiLabelDataset(data.Dataset):
         self.names = [name for _, name, _ in samples]
         self.targets = torch.from_numpy(np.stack([target for _, _, target in samples]).astype(np.float32))
         print(f'[dataset] {description}: {len(self)} images, {self.num_classes} classes')
+
+    def _check_word_vectors(self, vectors):
+        """Word vectors given as an array (e.g. from a checkpoint): float32 [C, 300] or DatasetError."""
+        if vectors.shape != (self.num_classes, label_files.WORD_DIM):
+            raise DatasetError(f'word vectors have shape {list(vectors.shape)}, expected '
+                               f'[{self.num_classes}, {label_files.WORD_DIM}] for the dataset\'s classes')
+        return vectors.astype(np.float32)
 
     @staticmethod
     def _unreadable_samples(samples, source):

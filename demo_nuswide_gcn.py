@@ -2,13 +2,14 @@
 import sys
 
 from cli import main
-from nuswide import NusWideClassification
+from nuswide import CLASSES, NusWideClassification
 
 DATASET = {
     'name': 'nuswide',
     'title': 'NUS-WIDE (the ASL csv distribution)',
     'layout': 'holds nus_wid_data.csv and the images it lists',
     'loader': NusWideClassification,
+    'classes': CLASSES,
     'splits': ('train', 'val'),
     'pool_ratio': 0.05,
     'save_dir': 'checkpoint/nuswide',

@@ -2,13 +2,14 @@
 import sys
 
 from cli import main
-from voc import Voc2007Classification
+from voc import CLASSES, Voc2007Classification
 
 DATASET = {
     'name': 'voc',
     'title': 'PASCAL VOC 2007',
     'layout': 'holds VOCdevkit/VOC2007; downloaded there when missing',
     'loader': Voc2007Classification,
+    'classes': CLASSES,
     'splits': ('trainval', 'test'),
     'pool_ratio': 0.2,
     'save_dir': 'checkpoint/voc2007',

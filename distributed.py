@@ -6,6 +6,8 @@ import os
 import torch
 import torch.distributed as dist
 
+from errors import UsageError
+
 
 def is_dist():
     return dist.is_available() and dist.is_initialized()
@@ -44,7 +46,7 @@ def init_distributed_mode(device='auto'):
     if device not in ('auto', 'cuda', 'cpu'):
         raise ValueError(f"device must be 'auto', 'cuda' or 'cpu', not {device!r}")
     if device == 'cuda' and not torch.cuda.is_available():
-        raise RuntimeError('--device cuda was asked for, but CUDA is not available')
+        raise UsageError('--device cuda was asked for, but CUDA is not available; use --device cpu')
     use_cuda = device == 'cuda' or (device == 'auto' and torch.cuda.is_available())
     if int(os.environ.get('WORLD_SIZE', 1)) > 1 and not is_dist():
         if use_cuda:

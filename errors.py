@@ -1,17 +1,40 @@
-"""The one exception the data code raises for bad input: catch ``DatasetError`` and print ``e.line``.
+"""The project's own errors: bad input that the user can fix, reported as one line without a traceback.
 
-Every message is a single line that names the file (and line, for text formats) and says what to
-do, so an entry script can print it and exit non-zero without a traceback.
+Every error here derives from ``MSRNError``; the entry scripts (``cli.guarded``) print ``e.line``
+after ``error:`` and exit with code 2. Anything else is a bug or a library fault and keeps its
+full traceback.
 """
 import re
 
 
-class DatasetError(ValueError):
-    """A dataset, label file or download is missing, malformed or fails verification."""
+class MSRNError(Exception):
+    """Bad input the user can fix: the message is one line that says what is wrong and what to do."""
 
     @property
     def line(self):
         """The one-line message, also after a DataLoader worker re-raised this error: PyTorch then
         builds a new one whose message holds the worker's traceback, ending with our line."""
-        last = str(self).strip().splitlines()[-1]
-        return re.sub(r'^[\w.]+Error: ', '', last) if '\n' in str(self).strip() else last
+        text = str(self).strip()
+        if '\n' not in text:
+            return text or type(self).__name__
+        return re.sub(r'^[\w.]+Error: ', '', text.splitlines()[-1])
+
+
+class DatasetError(MSRNError, ValueError):
+    """A dataset, label file or download is missing, malformed or fails verification."""
+
+
+class CheckpointError(MSRNError, ValueError):
+    """A checkpoint or weight file cannot be read or does not fit the model."""
+
+
+class UsageError(MSRNError, ValueError):
+    """Command-line settings that cannot work together (or on this machine)."""
+
+
+class NonFiniteLossError(MSRNError, RuntimeError):
+    """The training loss became NaN or infinite; training stops."""
+
+
+class NonFiniteOutputError(MSRNError, RuntimeError):
+    """The model gave NaN or infinite scores on evaluation images."""

@@ -26,6 +26,7 @@ class LabelFileError(DatasetError):
     """A graph, word-vector or image-label file is missing, unreadable or has the wrong shape."""
 
 
+WORD_DIM = 300  # GloVe vectors of the class names
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data')
 # Module constants, read at call time, so tests can point them at a local server and folder.
 BASE_URL = 'https://raw.githubusercontent.com/chehao2628/MSRN/main/data'
@@ -130,7 +131,7 @@ def load_adjacency(path, num_classes=None, download=True):
     return {'adj': adj, 'nums': nums}
 
 
-def load_word_vectors(path, num_classes=None, dim=300, download=True):
+def load_word_vectors(path, num_classes=None, dim=WORD_DIM, download=True):
     """Return the label word vectors as a float32 array [C, dim]."""
     obj = _read(path, download)
     if isinstance(obj, dict):

@@ -1,4 +1,4 @@
-"""MSRN: a ResNet trunk with label-guided attention at three depths (see MSRN_SPEC.md).
+"""MSRN: a ResNet trunk with label-guided attention at three depths (README: "What MSRN is").
 
 Parameter names, shapes and the forward pass match the official ``MSGDN`` so that the released
 checkpoints load strictly and give the same outputs.
@@ -6,9 +6,6 @@ checkpoints load strictly and give the same outputs.
 Shape legend: B batch, C classes, K global nodes (label groups), N nodes attended to (C or K,
 or C+K), D = 512 label dimension, E = 300 word-vector dimension, P = H·W feature positions.
 """
-import os
-import re
-import urllib.error
 from collections.abc import Mapping
 
 import numpy as np
@@ -17,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
+from errors import UsageError
 from label_files import load_adjacency
 
 LABEL_DIM = 512
@@ -34,18 +32,6 @@ RESNET_LAYOUTS = {
     'resnet101': (torchvision.models.resnet.Bottleneck, [3, 4, 23, 3]),
     'resnet152': (torchvision.models.resnet.Bottleneck, [3, 8, 36, 3]),
 }
-IMAGENET_URLS = {  # the files the official code was trained from
-    'resnet18': 'https://download.pytorch.org/models/resnet18-5c106cde.pth',
-    'resnet34': 'https://download.pytorch.org/models/resnet34-333f7ec4.pth',
-    'resnet50': 'https://download.pytorch.org/models/resnet50-19c8e357.pth',
-    'resnet101': 'https://download.pytorch.org/models/resnet101-5d3b4d8f.pth',
-    'resnet152': 'https://download.pytorch.org/models/resnet152-b121ed2d.pth',
-}
-REPO_DIR = os.path.dirname(os.path.abspath(__file__))
-
-
-class CheckpointError(ValueError):
-    """A checkpoint or weight file cannot be read or does not fit the model."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -73,7 +59,7 @@ class PyramidResNet(torchvision.models.ResNet):
     def forward(self, img):
         """img (B, 3, H, W) -> [(B, c2, H/16, W/16), (B, c3, H/32, W/32), (B, c4, H/64, W/64)]."""
         if min(img.shape[-2:]) < MIN_IMAGE_SIZE:  # layer4 would be 1×1 and the last 2×2 pool empty
-            raise ValueError(f'images of {img.shape[-2]}×{img.shape[-1]} px are too small: MSRN needs at least '
+            raise UsageError(f'images of {img.shape[-2]}×{img.shape[-1]} px are too small: MSRN needs at least '
                              f'{MIN_IMAGE_SIZE} px per side (the released models use 448)')
         x = self.maxpool(self.relu(self.bn1(self.conv1(img))))
         x = self.layer2(self.layer1(x))                 # (B, c2, H/8, W/8)
@@ -263,7 +249,7 @@ class MSRN(nn.Module):
         self.num_classes = num_classes
         self.num_node = int(pool_ratio * num_classes)  # floor, as official: fixes fc1's shape
         if self.num_node < 1:
-            raise ValueError(f'pool_ratio {pool_ratio} gives {pool_ratio}·{num_classes} < 1 label group; '
+            raise UsageError(f'pool_ratio {pool_ratio} gives {pool_ratio}·{num_classes} < 1 label group; '
                              f'use a pool ratio of at least {1 / num_classes:.3g}')
         self.attention = attention
         self.image_normalization_mean = [0.485, 0.456, 0.406]
@@ -343,99 +329,3 @@ def _read_graph(adj_file, num_classes):
     if isinstance(adj_file, Mapping):
         return {key: np.asarray(adj_file[key]) for key in ('adj', 'nums')}
     return load_adjacency(adj_file, num_classes)
-
-
-# --------------------------------------------------------------------------------------------
-# Weights: released checkpoints and ImageNet trunks
-
-def read_checkpoint(path):
-    """torch.load a checkpoint safely (weights_only) onto the CPU, or raise CheckpointError."""
-    if not os.path.isfile(path):
-        raise CheckpointError(f'{path}: checkpoint not found; check the --resume path')
-    try:
-        return torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:  # torch raises many types for corrupt or foreign files
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f'{path}: cannot read checkpoint ({first_line})') from e
-
-
-def _bare_state_dict(checkpoint):
-    state = checkpoint.get('state_dict', checkpoint)
-    if not isinstance(state, Mapping) or not all(torch.is_tensor(v) for v in state.values()):
-        raise CheckpointError("expected a dict with a 'state_dict' of tensors, or a raw state_dict")
-    if state and all(k.startswith('module.') for k in state):   # saved from DataParallel / DDP
-        state = {k[len('module.'):]: v for k, v in state.items()}
-    return state
-
-
-def _listing(keys, limit=5):
-    keys = sorted(keys)
-    more = f' and {len(keys) - limit} more' if len(keys) > limit else ''
-    return ', '.join(keys[:limit]) + more
-
-
-def _mismatch_hint(model, mismatched, state):
-    if 'fc2.weight' in mismatched:
-        return f' (the checkpoint has {state["fc2.weight"].shape[0]} classes, the model {model.num_classes})'
-    if 'fc1.weight' in mismatched:
-        groups = state['fc1.weight'].shape[1] // (NUM_LEVELS * LABEL_DIM) - model.num_classes
-        return f' (the checkpoint has {groups} label groups, the model {model.num_node}: set --pool_ratio accordingly)'
-    return ''
-
-
-def load_checkpoint(model, source):
-    """Load weights strictly from a checkpoint path or dict (official, ours, or a raw state_dict).
-
-    Accepts a ``module.`` prefix. Any missing or unexpected key or shape mismatch raises
-    CheckpointError naming them. Returns the checkpoint dict.
-    """
-    checkpoint = read_checkpoint(source) if isinstance(source, (str, os.PathLike)) else source
-    where = f'{source}: ' if isinstance(source, (str, os.PathLike)) else ''
-    try:
-        state = _bare_state_dict(checkpoint)
-    except CheckpointError as e:
-        raise CheckpointError(f'{where}{e}') from None
-    expected = model.state_dict()
-    missing = expected.keys() - state.keys()
-    unexpected = state.keys() - expected.keys()
-    mismatched = {k for k in expected.keys() & state.keys() if expected[k].shape != state[k].shape}
-    if missing or unexpected or mismatched:
-        parts = [f'{label} [{_listing(keys)}]' for label, keys in
-                 (('missing', missing), ('unexpected', unexpected), ('shape mismatch', mismatched)) if keys]
-        raise CheckpointError(f'{where}checkpoint does not fit the model: {"; ".join(parts)}'
-                              f'{_mismatch_hint(model, mismatched, state)}')
-    model.load_state_dict(state, strict=True)
-    return checkpoint
-
-
-def default_pretrained_path(model_name):
-    return os.path.join(REPO_DIR, 'pretrained', f'{model_name}.pth.tar')
-
-
-def _download_imagenet(url, path):
-    hash_prefix = re.search(r'-([a-f0-9]{6,})\.', os.path.basename(url))
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    try:  # torch.hub writes to a temp file and checks the sha256 prefix in the file name
-        torch.hub.download_url_to_file(url, path, hash_prefix=hash_prefix and hash_prefix.group(1))
-    except (urllib.error.URLError, OSError, RuntimeError) as e:
-        raise CheckpointError(f'{path} not found and downloading {url} failed ({e}); download it where you '
-                              f'have internet and save it as {path}, or pass -pm PATH') from e
-
-
-def load_imagenet_trunk(model, path=None, model_name='resnet101', url=None):
-    """Load torchvision ImageNet weights (fc dropped) into model.resnet_101; the conv_buffers keep their init.
-
-    A missing file is downloaded from the official URL (sha256-prefix checked) unless offline.
-    """
-    path = path or default_pretrained_path(model_name)
-    if not os.path.isfile(path):
-        _download_imagenet(url or IMAGENET_URLS[model_name], path)
-    state = {k: v for k, v in _bare_state_dict(read_checkpoint(path)).items() if not k.startswith('fc.')}
-    trunk = model.resnet_101.state_dict()
-    expected = {k for k in trunk if not k.startswith('conv_buffer')}
-    mismatched = {k for k in expected & state.keys() if trunk[k].shape != state[k].shape}
-    if expected != state.keys() or mismatched:
-        raise CheckpointError(f'{path}: not {model_name} ImageNet weights: missing [{_listing(expected - state.keys())}]; '
-                              f'unexpected [{_listing(state.keys() - expected)}]; shape mismatch [{_listing(mismatched)}]')
-    model.resnet_101.load_state_dict(state, strict=False)
-    return model

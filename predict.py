@@ -1,80 +1,87 @@
 """MSRN on your own images: the top labels with scores, and optionally the label attention maps.
 
-    python predict.py IMAGE [IMAGE ...] --resume CKPT [--dataset voc|coco|nuswide|apparel]
-                      [--threshold 0.5] [--top-k 5] [--attention OUT_DIR]
+    python predict.py IMAGE [IMAGE ...] --resume CKPT [--threshold 0.5] [--top-k 5] [--attention OUT_DIR]
 
-Scores are sigmoid probabilities of the logits (0.5 = the logit-0 rule of the metrics). With
+A checkpoint of ours brings everything else (class names, label graph, word vectors, backbone,
+pool ratio, image size). For a released checkpoint (weights only) the dataset is recognised by
+its class count (``--dataset`` to say it), and its official files and 448 px are used. Scores
+are sigmoid probabilities of the logits (0.5 = the logit-0 rule of the metrics). With
 ``--attention``, each image gets ``OUT_DIR/<image name>_attention.png``: for every predicted
 label, where it attends at the three layers, overlaid on the image.
 """
-import argparse
 import os
 import sys
 
+import numpy as np
 import torch
 
-import apparel
-import coco
+import checkpoint as ckpt
+import cli
 import demo_apparel_gcn
 import demo_coco_gcn
 import demo_nuswide_gcn
 import demo_voc2007_gcn
 import distributed
 import label_files
-import nuswide
-import voc
-from cli import guarded
 from dataset_base import read_image
-from models import RESNET_LAYOUTS, MSRN, load_checkpoint, read_checkpoint
+from errors import CheckpointError
+from models import MSRN
 from util import eval_transform
 
-DATASETS = {  # name -> (class names, demo script's DATASET dict)
-    'voc': (voc.CLASSES, demo_voc2007_gcn.DATASET),
-    'coco': (coco.CLASSES, demo_coco_gcn.DATASET),
-    'nuswide': (nuswide.CLASSES, demo_nuswide_gcn.DATASET),
-    'apparel': (apparel.CLASSES, demo_apparel_gcn.DATASET),
-}
+DATASETS = {d['name']: d for d in (demo_voc2007_gcn.DATASET, demo_coco_gcn.DATASET, demo_nuswide_gcn.DATASET,
+                                   demo_apparel_gcn.DATASET)}
+RELEASED_IMAGE_SIZE = 448  # the released models were trained and evaluated at 448 px
 
 
 def get_args_parser():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser = cli.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('images', nargs='+', metavar='IMAGE', help='image files')
     parser.add_argument('--resume', required=True, metavar='CKPT', help='checkpoint (ours or a released one)')
-    parser.add_argument('--dataset', default='voc', choices=list(DATASETS),
-                        help='what the checkpoint was trained on: class names and defaults (default: voc)')
-    parser.add_argument('--image-size', '-i', default=448, type=int, metavar='N',
-                        help='image side the model sees (default: 448, as the released models)')
+    parser.add_argument('--dataset', default=None, choices=list(DATASETS),
+                        help="a released checkpoint's dataset (default: recognised by its class count)")
+    parser.add_argument('--image-size', '-i', default=RELEASED_IMAGE_SIZE, type=int, metavar='N',
+                        help=f"image side the model sees (default: the checkpoint's, else {RELEASED_IMAGE_SIZE})")
     parser.add_argument('--threshold', default=0.5, type=float, metavar='P',
                         help='show labels with probability >= P (default: 0.5)')
     parser.add_argument('--top-k', default=5, type=int, metavar='K', help='show at most K labels (default: 5)')
     parser.add_argument('--attention', metavar='OUT_DIR', help='write attention-map PNGs here')
-    parser.add_argument('--backbone', '-bb', choices=list(RESNET_LAYOUTS), default=None,
-                        help="trunk (default: the checkpoint's, else resnet101)")
-    parser.add_argument('--pool_ratio', '-po', type=float, default=None, metavar='O',
-                        help="label groups ratio (default: the dataset's, as its demo script)")
-    parser.add_argument('-graph_file', '--graph-file', default=None, metavar='PATH',
-                        help='label graph (default: data/<dataset>/<dataset>_adj.pkl); pickles can run code: '
-                             'pass only files you trust')
-    parser.add_argument('-word_file', '--word-file', default=None, metavar='PATH',
-                        help='word vectors (default: data/<dataset>/<dataset>_glove_word2vec.pkl)')
-    parser.add_argument('--no-download', dest='download', action='store_false',
-                        help='never download missing data files')
-    parser.add_argument('--device', default='auto', choices=['auto', 'cpu', 'cuda'])
+    cli.add_model_arguments(parser)
+    cli.add_label_file_arguments(parser)
+    cli.add_device_argument(parser)
     return parser
 
 
-def build_model(args, checkpoint):
-    """MSRN for ``args.dataset`` with the checkpoint's weights, in eval mode; also returns the word vectors."""
-    classes, dataset = DATASETS[args.dataset]
-    graph = label_files.load_adjacency(args.graph_file or label_files.default_file(args.dataset, 'graph'),
-                                       len(classes), download=args.download)
-    words = label_files.load_word_vectors(args.word_file or label_files.default_file(args.dataset, 'word'),
-                                          len(classes), download=args.download)
-    arch = checkpoint.get('arch') if isinstance(checkpoint, dict) else None
-    backbone = args.backbone or (arch if arch in RESNET_LAYOUTS else 'resnet101')
-    model = MSRN(len(classes), args.pool_ratio or dataset['pool_ratio'], backbone, graph)
-    load_checkpoint(model, checkpoint)
-    return model.eval(), torch.from_numpy(words)
+def released_dataset(args, checkpoint):
+    """The DATASET dict of a checkpoint without class names: ``--dataset``, or its class count."""
+    if args.dataset:
+        return DATASETS[args.dataset]
+    num_classes = ckpt.bare_state_dict(checkpoint, f'{args.resume}: ')['fc2.weight'].shape[0]
+    matches = [d for d in DATASETS.values() if len(d['classes']) == num_classes]
+    if not matches:
+        raise CheckpointError(f'{args.resume}: {num_classes} classes and no class names stored; '
+                              f'pass --dataset ({", ".join(DATASETS)}) if it is one of these')
+    return matches[0]
+
+
+def build_model(args, given, checkpoint):
+    """(model in eval mode with the checkpoint's weights, word vectors [C, 300], class names)."""
+    settings = ckpt.stored_settings(checkpoint)
+    cli.restore_settings(args, given, settings.get('args', {}), keys=cli.MODEL_SETTINGS)
+    if 'backbone' not in given and cli.checkpoint_backbone(checkpoint):
+        args.backbone = cli.checkpoint_backbone(checkpoint)
+    dataset = None if 'classes' in settings else released_dataset(args, checkpoint)
+    classes = settings['classes'] if dataset is None else dataset['classes']
+    name = dataset['name'] if dataset else None
+    if args.pool_ratio is None:
+        args.pool_ratio = dataset['pool_ratio']
+    graph = cli.label_graph_input(args, given, settings, name, len(classes))
+    words = cli.word_vectors_input(args, given, settings)
+    if not isinstance(words, np.ndarray):  # a file: given, or the dataset's
+        words = label_files.load_word_vectors(words or label_files.default_file(name, 'word'), len(classes),
+                                              download=args.download)
+    model = MSRN(len(classes), args.pool_ratio, args.backbone, graph)
+    ckpt.load_checkpoint(model, checkpoint)
+    return model.eval(), torch.as_tensor(words), classes
 
 
 def top_labels(probabilities, classes, threshold, k):
@@ -107,10 +114,9 @@ def save_attention_png(path, image, labels, maps):
     plt.close(fig)
 
 
-def predict(args):
+def predict(args, given):
     device = distributed.init_distributed_mode(args.device)  # one process: just picks the device
-    classes = DATASETS[args.dataset][0]
-    model, words = build_model(args, read_checkpoint(args.resume))
+    model, words, classes = build_model(args, given, ckpt.read_checkpoint(args.resume))
     model.to(device)
     words = words.to(device)
     transform = eval_transform(args.image_size, model.image_normalization_mean, model.image_normalization_std)
@@ -139,7 +145,8 @@ def predict(args):
 
 
 def main(argv=None):
-    return guarded(predict, get_args_parser().parse_args(argv))
+    args, given = cli.parse_args(get_args_parser(), argv)
+    return cli.guarded(predict, args, given)
 
 
 if __name__ == '__main__':

@@ -19,10 +19,10 @@ def _prf(m):
     return '  '.join(f'{k} {m[k]:6.2f}' for k in ('OP', 'OR', 'OF1', 'CP', 'CR', 'CF1'))
 
 
-def format_summary(result, loss=None):
+def format_summary(result, loss=None, label='Test'):
     """The eval summary printed after each evaluation, from :func:`metrics.evaluate`'s dict."""
     sweep, sweep3 = result['official_sweep'], result['official_sweep_top3']
-    head = f"Test: {result['num_samples']} images  mAP {result['mAP']:.3f}"
+    head = f"{label}: {result['num_samples']} images  mAP {result['mAP']:.3f}"
     if loss is not None:
         head += f'  loss {loss:.4f}'
 
@@ -83,13 +83,14 @@ def append_log(save_dir, record):
 
 
 def plot_curves(save_dir):
-    """Loss and mAP per epoch, train and validation, from the log, to ``curves.png``."""
+    """Loss and mAP per epoch, train and validation (and the EMA's), from the log, to ``curves.png``."""
     log = read_log(save_dir)
     epochs = [r['epoch'] for r in log]
     fig, (ax_loss, ax_map) = plt.subplots(1, 2, figsize=(10, 4))
-    for split in ('train', 'val'):
-        ax_loss.plot(epochs, [r[f'{split}_loss'] for r in log], 'o-', label=split)
-        ax_map.plot(epochs, [r[f'{split}_mAP'] for r in log], 'o-', label=split)
+    for split in ('train', 'val', 'ema_val'):
+        if all(f'{split}_mAP' in r for r in log):  # 'ema_val': runs with --ema-decay
+            ax_loss.plot(epochs, [r[f'{split}_loss'] for r in log], 'o-', label=split.replace('_', ' '))
+            ax_map.plot(epochs, [r[f'{split}_mAP'] for r in log], 'o-', label=split.replace('_', ' '))
     ax_loss.set(xlabel='epoch', ylabel='loss', title='loss')
     ax_map.set(xlabel='epoch', ylabel='mAP (%)', title='mAP')
     for ax in (ax_loss, ax_map):

@@ -1,5 +1,6 @@
 """Small helpers of the training loop: torchnet-style meters, the official image transforms,
-and seeding / capture / restore of every random number generator the loop uses."""
+the weight average (EMA), and seeding / capture / restore of every random number generator."""
+import copy
 import math
 import random
 
@@ -72,6 +73,29 @@ class AveragePrecisionMeter:
 
     def value(self):
         return metrics.average_precision(self.scores, self.targets, self.difficult_examples)
+
+
+class ModelEma:
+    """Exponential moving average of a model's weights: after each optimizer step, ``update()``
+    sets ``ema = decay * ema + (1 - decay) * weights`` for parameters (no warm-up) and copies the
+    buffers (BatchNorm statistics), as timm's ModelEmaV2. ``module`` is the averaged copy, in eval
+    mode, with the same state_dict keys and shapes as the source model."""
+
+    def __init__(self, model, decay):
+        if not 0 < decay < 1:
+            raise ValueError(f'EMA decay must be in (0, 1), not {decay}')
+        self.source, self.decay = model, decay
+        self.module = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self):
+        source = self.source.state_dict()
+        params = {name for name, _ in self.source.named_parameters()}
+        for name, value in self.module.state_dict().items():
+            if name in params:
+                value.lerp_(source[name], 1 - self.decay)  # ema + (1 - decay)·(w - ema)
+            else:
+                value.copy_(source[name])
 
 
 class Warp:

@@ -117,9 +117,9 @@ def read_samples(root, split, download=False):
     if missing:
         if not os.path.isdir(root):
             raise DatasetError(f'{root}: dataset folder not found; pass the folder that holds VOCdevkit/, '
-                               f'or allow downloading (download=True)')
+                               f'or drop --no-download to let the script download it')
         raise DatasetError(f'{missing[0]}: not found; expected the VOC 2007 devkit layout under {root}: extract '
-                           f'{os.path.basename(ARCHIVES[split].urls[0])} there, or allow downloading (download=True)')
+                           f'{os.path.basename(ARCHIVES[split].urls[0])} there, or drop --no-download to let the script download it')
     cache = cache_file(root, split)
     if os.path.isfile(cache) and os.path.getmtime(cache) > max(os.path.getmtime(p) for p in sources):
         labels = read_labels_csv(cache)

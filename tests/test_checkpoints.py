@@ -6,8 +6,10 @@ import pytest
 import torch
 import torchvision
 
-import models
-from models import CheckpointError, MSRN, load_checkpoint, load_imagenet_trunk
+import checkpoint
+from checkpoint import load_checkpoint, load_imagenet_trunk
+from errors import CheckpointError
+from models import MSRN
 from tests.test_models import random_graph
 
 
@@ -163,4 +165,4 @@ def test_weights_of_another_depth_are_rejected(tmp_path):
 
 
 def test_default_pretrained_path_is_in_the_repo():
-    assert models.default_pretrained_path('resnet101').endswith('pretrained/resnet101.pth.tar')
+    assert checkpoint.default_pretrained_path('resnet101').endswith('pretrained/resnet101.pth.tar')

@@ -112,4 +112,4 @@ def test_missing_annotation_file_without_cache(root):
     with pytest.raises(DatasetError) as e:
         make(root, 'val')
     assert str(e.value) == (f'{annotations(root, "val")}: not found; extract annotations_trainval2014.zip into {root}, '
-                            f'or allow downloading (download=True)')
+                            f'or drop --no-download to let the script download it')

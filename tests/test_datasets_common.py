@@ -113,7 +113,7 @@ def test_corrupt_and_truncated_images(synthetic, name, tmp_path, capsys):
     for index, path in ((1, garbage), (2, truncated)):
         with pytest.raises(DatasetError) as e:
             ds[index]
-        one_line_error(e, path, 'skip_corrupt=True')
+        one_line_error(e, path, '--skip-corrupt')
     capsys.readouterr()
     kept = load(name, root, split, skip_corrupt=True)
     out = capsys.readouterr().out

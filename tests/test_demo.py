@@ -17,6 +17,7 @@ import demo_nuswide_gcn
 import demo_voc2007_gcn
 import label_files
 import predict
+import voc
 from models import MSRN
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -38,6 +39,7 @@ README_COMMANDS = {
                '--resume checkpoint/apparel/apparel_checkpoint.pth.tar',
 }
 POOL_RATIOS = {'voc': 0.2, 'coco': 0.05, 'nuswide': 0.05, 'apparel': 0.2}
+OFFICIAL_IMAGE_SIZES = {'voc': 224, 'coco': 448, 'nuswide': 224, 'apparel': 224}
 
 
 def parse(name, argv):
@@ -53,8 +55,9 @@ def test_help_lists_every_flag_and_the_official_defaults(name, capsys):
     for flag in OFFICIAL_FLAGS + OUR_FLAGS:
         assert re.search(rf'(^|[\s,\[]){re.escape(flag)}([\s,\]]|$)', text, re.M), flag
     args = parse(name, ['somewhere'])
+    official_workers = 24 if name == 'coco' else 4
     assert (args.image_size, args.workers, args.epochs, args.epoch_step, args.start_epoch, args.batch_size) == \
-        (224, 4, 20, [30], 0, 16)
+        (OFFICIAL_IMAGE_SIZES[name], min(official_workers, os.cpu_count()), 200, [30], 0, 16)
     assert (args.lr, args.momentum, args.weight_decay, args.print_freq, args.resume, args.evaluate) == \
         (0.1, 0.9, 1e-4, 0, '', False)
     assert (args.pretrained, args.backbone, args.pool_ratio) == (1, 'resnet101', POOL_RATIOS[name])
@@ -119,7 +122,7 @@ def test_official_voc_command_runs_as_written_from_another_folder(tmp_path, monk
     monkeypatch.chdir(work)
 
     assert demo_voc2007_gcn.main(demo_voc2007_gcn.DATASET, shlex.split(README_COMMANDS['voc'])[2:]) == 0
-    result = json.loads((tmp_path / 'repo' / 'checkpoint' / 'voc2007' / 'eval.json').read_text())
+    result = json.loads((tmp_path / 'repo' / 'checkpoint' / 'voc2007' / 'eval_voc_checkpoint.json').read_text())
     assert result['num_samples'] == 5 and result['epoch'] == 20
     assert 0 <= result['mAP'] <= 100 and len(result['per_class_ap']) == 20
 
@@ -139,7 +142,7 @@ def test_other_readme_commands_evaluate_a_checkpoint(name, tmp_path, monkeypatch
     if name == 'apparel' and 'image_label' in info:
         argv += ['--image-label', info['image_label']]
     assert DEMOS[name].main(DEMOS[name].DATASET, argv) == 0
-    result = json.loads((tmp_path / 'out' / 'eval.json').read_text())
+    result = json.loads((tmp_path / 'out' / f'eval_{name}_checkpoint.json').read_text())
     assert len(result['per_class_ap']) == num_classes
 
 
@@ -246,7 +249,7 @@ def test_predict_prints_top_labels_and_writes_attention_maps(trained_checkpoint,
     transform = predict.eval_transform(96, model.image_normalization_mean, model.image_normalization_std)
     with torch.no_grad():
         logits, _ = model.eval()(transform(predict.read_image(str(images[0])))[None], words[None])
-    expected = [predict.voc.CLASSES[i] for i in logits[0].argsort(descending=True)[:3]]
+    expected = [voc.CLASSES[i] for i in logits[0].argsort(descending=True)[:3]]
     assert [name for name, _ in shown] == expected
     for image in images:
         png = tmp_path / f'{image.stem}_attention.png'

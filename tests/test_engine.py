@@ -7,8 +7,9 @@ import torch
 import torch.nn as nn
 
 import metrics
-from engine import DataLoaderX, NonFiniteLossError, NonFiniteOutputError, build_engine, build_optimizer, lr_at
-from models import CheckpointError
+from cli import build_engine, build_optimizer
+from engine import DataLoaderX, lr_at
+from errors import CheckpointError, NonFiniteLossError, NonFiniteOutputError
 from tests.toy import ToyDataset, ToyMSRN, make_engine, make_optimizer
 from util import seed_everything
 
@@ -46,7 +47,7 @@ def test_training_writes_checkpoints_logs_and_eval_files(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ['checkpoint.pth.tar', 'curves.png', 'eval_epoch001.json',
                                             'eval_epoch002.json', 'log.jsonl', 'model_best.pth.tar']
     checkpoint = torch.load(tmp_path / 'checkpoint.pth.tar', weights_only=True)
-    assert {'epoch', 'arch', 'state_dict', 'best_score', 'optimizer', 'scaler', 'rng', 'args'} <= checkpoint.keys()
+    assert {'epoch', 'arch', 'state_dict', 'best_score', 'optimizer', 'scaler', 'rng'} <= checkpoint.keys()
     assert checkpoint['epoch'] == 2 and checkpoint['best_score'] == best
     assert checkpoint['state_dict'].keys() == model.state_dict().keys()  # bare: no 'module.'
     log = [json.loads(line) for line in open(tmp_path / 'log.jsonl')]
@@ -66,7 +67,7 @@ def test_resume_reaches_the_same_weights_bit_for_bit(tmp_path):
     # A new "process": other seed (other init, other augmentation draws) unless the RNG is restored.
     resumed, resumed_opt, engine, _ = run(tmp_path / 'b', max_epochs=3, init_seed=99,
                                           resume=str(tmp_path / 'b' / 'checkpoint.pth.tar'))
-    assert engine.state['start_epoch'] == 2
+    assert engine.start_epoch == 2
     for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
         assert torch.equal(a, b), name
     for a, b in zip(straight_opt.state_dict()['state'].values(), resumed_opt.state_dict()['state'].values()):
@@ -96,7 +97,7 @@ def test_evaluate_only_and_released_checkpoint(tmp_path):
     _, _, engine, score = run(tmp_path / 'eval', max_epochs=9, evaluate=True,
                               resume=str(tmp_path / 'released.pth.tar'))
     assert os.listdir(tmp_path / 'eval') == ['eval.json']  # evaluated, not trained
-    val = ToyDataset(10, seed=2, transform=engine.state['val_transform'])
+    val = ToyDataset(10, seed=2, transform=engine.val_transform)
     model.eval()
     with torch.no_grad():
         items = [val[i] for i in range(len(val))]
@@ -107,7 +108,7 @@ def test_evaluate_only_and_released_checkpoint(tmp_path):
                                   abs=1e-9)
 
     _, _, engine, _ = run(tmp_path / 'train', max_epochs=8, resume=str(tmp_path / 'released.pth.tar'))
-    assert engine.state['start_epoch'] == 7
+    assert engine.start_epoch == 7
     assert [json.loads(line)['epoch'] for line in open(tmp_path / 'train' / 'log.jsonl')] == [8]
 
 
@@ -157,12 +158,14 @@ def test_loaders():
 def test_build_engine_and_optimizer_from_args():
     args = argparse.Namespace(batch_size=3, workers=0, epochs=5, start_epoch=1, epoch_step=[3, 4], image_size=32,
                               print_freq=2, save_dir='somewhere', resume='', evaluate=False, seed=7,
-                              clip_grad_norm=0.0, backbone='resnet18', lr=0.2, momentum=0.8, weight_decay=1e-3)
-    engine = build_engine(args, device=torch.device('cpu'), class_names=['a', 'b', 'c', 'd'])
-    s = engine.state
-    assert (s['batch_size'], s['max_epochs'], s['start_epoch'], s['epoch_step'], s['resume'],
-            s['clip_grad_norm'], s['arch'], s['amp']) == (3, 5, 1, [3, 4], None, None, 'resnet18', False)
-    assert s['args']['lr'] == 0.2
+                              clip_grad_norm=0.0, backbone='resnet18', lr=0.2, momentum=0.8, weight_decay=1e-3,
+                              amp=None, progress=False, sync_bn=False, ema_decay=0.0, loss='asl')
+    engine = build_engine(args, device=torch.device('cpu'), resume=None, class_names=['a', 'b', 'c', 'd'],
+                          settings={'args': {'lr': 0.2}})
+    assert (engine.batch_size, engine.max_epochs, engine.start_epoch, engine.epoch_step, engine.resume,
+            engine.clip_grad_norm, engine.arch, engine.amp, engine.loss_name) == \
+        (3, 5, 1, [3, 4], None, None, 'resnet18', False, 'asl')
+    assert engine.settings['args']['lr'] == 0.2
     optimizer = build_optimizer(args, ToyMSRN())
     assert [g['lr'] for g in optimizer.param_groups] == pytest.approx([0.02, 0.2])
     assert optimizer.defaults['momentum'] == 0.8 and optimizer.defaults['weight_decay'] == 1e-3

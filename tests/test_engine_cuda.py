@@ -29,7 +29,7 @@ def run(model, save_dir, max_epochs, resume=None, image_size=16, size=24, num_cl
 def test_amp_training_checkpoints_the_scaler_and_resumes_it(tmp_path):
     seed_everything(0)
     engine, _ = run(ToyMSRN(), tmp_path, max_epochs=2)
-    assert engine.state['amp'] and engine.scaler.is_enabled()
+    assert engine.amp and engine.scaler.is_enabled()
     assert engine.make_loader(ToyDataset(4), training=True).pin_memory
     saved = torch.load(tmp_path / 'checkpoint.pth.tar', weights_only=True)
     assert saved['scaler']['scale'] > 0 and saved['scaler']['_growth_tracker'] >= 0

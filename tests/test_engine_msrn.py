@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from models import MSRN, load_checkpoint
+from checkpoint import load_checkpoint
+from models import MSRN
 from tests.toy import ToyDataset, make_engine, make_optimizer
 from util import seed_everything
 

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 
+import checkpoint
 import models
 from models import MSRN, lean_label_attention
 from tests.reference import plain_label_attention
@@ -89,7 +90,7 @@ def test_cuda_checkpoint_loads_on_cpu(tmp_path):
     cpu, gpu = small_pair()
     torch.save({'epoch': 1, 'arch': 'resnet18', 'state_dict': gpu.state_dict(), 'best_score': 1.0}, tmp_path / 'c.pth')
     fresh = MSRN(6, 0.5, 'resnet18', random_graph(6))
-    models.load_checkpoint(fresh, str(tmp_path / 'c.pth'))
+    checkpoint.load_checkpoint(fresh, str(tmp_path / 'c.pth'))
     assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), cpu.state_dict().values()))
 
 

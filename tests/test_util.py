@@ -46,7 +46,7 @@ def test_rng_state_round_trip_through_weights_only_file(tmp_path):
 
 
 def test_atomic_save_survives_a_crash_during_save(tmp_path, monkeypatch):
-    checkpoint.save_checkpoint({'epoch': 1}, is_best=True, save_dir=tmp_path)
+    checkpoint.save_checkpoint({'epoch': 1}, tmp_path, best={'epoch': 1})
     real_save = torch.save
 
     def crash(obj, f, *args, **kwargs):
@@ -56,7 +56,7 @@ def test_atomic_save_survives_a_crash_during_save(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, 'save', crash)
     with pytest.raises(KeyboardInterrupt):
-        checkpoint.save_checkpoint({'epoch': 2}, is_best=True, save_dir=tmp_path)
+        checkpoint.save_checkpoint({'epoch': 2}, tmp_path, best={'epoch': 2})
     monkeypatch.setattr(torch, 'save', real_save)
     for name in ('checkpoint.pth.tar', 'model_best.pth.tar'):
         assert torch.load(tmp_path / name, weights_only=True) == {'epoch': 1}

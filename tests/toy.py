@@ -64,7 +64,7 @@ def make_engine(**kwargs):
     """A CPU GCN engine for the toy data, quiet and small."""
     from engine import GCNMultiLabelMAPEngine
     defaults = dict(device='cpu', batch_size=4, workers=0, max_epochs=2, epoch_step=[30], image_size=16,
-                    use_pb=False, seed=0, class_names=['a', 'b', 'c', 'd'])
+                    progress=False, seed=0, class_names=['a', 'b', 'c', 'd'])
     return GCNMultiLabelMAPEngine(**{**defaults, **kwargs})
 
 
