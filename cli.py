@@ -339,6 +339,8 @@ def run(args, given, dataset):
     if args.resume and args.finetune:
         raise UsageError('--resume continues a run, --finetune starts a new one from a checkpoint: give one of them')
     distributed.init_distributed_mode(args.device)  # first: only rank 0 prints what follows
+    if args.resume:
+        print(f'=> reading checkpoint {args.resume}')
     checkpoint = ckpt.read_checkpoint(args.resume) if args.resume else None
     settings = ckpt.stored_settings(checkpoint) if checkpoint is not None else {}
     if 'args' in settings:
@@ -350,6 +352,8 @@ def run(args, given, dataset):
     if args.data is None:
         raise UsageError('the dataset folder DIR is missing (a checkpoint of ours given with --resume supplies it)')
     device = init_run(args)
+    if args.amp and device.type != 'cuda':
+        raise UsageError('--amp (float16 autocast) needs CUDA; leave it out on the CPU')
     classes = dataset['classes']
     if 'classes' in settings and settings['classes'] != list(classes):
         raise CheckpointError(f"{args.resume}: the checkpoint's {len(settings['classes'])} classes "

@@ -190,8 +190,8 @@ class Engine:
         checkpoint = ckpt.load_checkpoint(model, self.resume)
         self.start_epoch = int(checkpoint.get('epoch', 0))
         self.best_score = float(checkpoint.get('best_score', 0.0))
-        where = self.resume if isinstance(self.resume, (str, os.PathLike)) else 'checkpoint'
-        print(f"=> loaded '{where}' (epoch {self.start_epoch}, best mAP {self.best_score:.3f})")
+        where = f" '{self.resume}'" if isinstance(self.resume, (str, os.PathLike)) else ''
+        print(f'=> loaded checkpoint{where} (epoch {self.start_epoch}, best mAP {self.best_score:.3f})')
         return checkpoint
 
     def resume_training(self, checkpoint, optimizer):
