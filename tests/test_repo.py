@@ -1,4 +1,5 @@
 """Repository hygiene that users rely on: CI runs what the README tells them to run."""
+import ast
 import os
 import re
 import subprocess
@@ -26,3 +27,26 @@ def test_no_official_data_files_are_committed():
         pytest.skip('not a git checkout')
     tracked = subprocess.run(['git', 'ls-files'], cwd=REPO, capture_output=True, text=True, check=True).stdout
     assert not [f for f in tracked.splitlines() if f.endswith(('.pkl', '.npy', '.npz', '.pth', '.tar'))]
+
+
+def imported_modules(name):
+    tree = ast.parse(read(name))
+    found = {alias.name.split('.')[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+             for alias in node.names}
+    return found | {node.module.split('.')[0] for node in ast.walk(tree)
+                    if isinstance(node, ast.ImportFrom) and node.module}
+
+
+def test_the_engine_depends_on_neither_the_model_nor_the_command_line():
+    for name in ('engine.py', 'checkpoint.py'):
+        assert not imported_modules(name) & {'models', 'cli', 'argparse'}, name
+    names = {node.id for node in ast.walk(ast.parse(read('engine.py'))) if isinstance(node, ast.Name)}
+    assert 'args' not in names
+
+
+def test_readme_test_section_names_every_command_ci_runs():
+    ci_tests = [line for line in read('.ci/run').splitlines() if line.startswith('python -m pytest')]
+    assert ci_tests == ['python -m pytest -q', 'python -m pytest -q -m long']
+    section = read('README.md').split('## Tests and benchmarks')[1]
+    for command in ci_tests:
+        assert command in section
