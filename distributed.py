@@ -96,6 +96,13 @@ def all_gather_objects(obj):
     return objects
 
 
+def broadcast_buffers(module):
+    """Give every process rank 0's buffers of ``module`` (no-op in a single process)."""
+    if is_dist():
+        for buffer in module.buffers():
+            dist.broadcast(buffer, 0)
+
+
 def barrier():
     """Wait for every process (no-op in a single process)."""
     if is_dist():

@@ -243,9 +243,9 @@ class Engine:
             torch.backends.cudnn.benchmark = True
         model.to(self.device)
         criterion.to(self.device)
-        if self.ema_decay and not self.evaluate:
-            self.ema = ModelEma(model, self.ema_decay)
         net = self.wrap(model)
+        if self.ema_decay and not self.evaluate:  # after DDP made every process's weights rank 0's
+            self.ema = ModelEma(model, self.ema_decay)
         val_loader = self.make_loader(val_dataset, training=False)
         if self.evaluate:
             return self.evaluate_once(net, criterion, val_loader, resumed=checkpoint is not None)
@@ -274,7 +274,7 @@ class Engine:
             train = self.train(train_loader, net, criterion, optimizer, epoch)
             train_time = time.perf_counter() - start
             val = self.validate(val_loader, net, criterion)
-            ema_val = self.validate(val_loader, self.ema.module, criterion, label='EMA') if self.ema else None
+            ema_val = self.validate_ema(val_loader, criterion) if self.ema else None
             self.end_training_epoch(model, optimizer, epoch, lrs, train, val, ema_val,
                                     train_time, time.perf_counter() - start)
         distributed.barrier()
@@ -350,6 +350,12 @@ class Engine:
     def validate(self, data_loader, model, criterion, label='Test'):
         model.eval()
         return self.run_epoch(False, data_loader, model, criterion, None, label)
+
+    def validate_ema(self, data_loader, criterion):
+        """Validate the weight average; its BatchNorm statistics are rank 0's (each process copied
+        its own after its last step), so every process evaluates the same model."""
+        distributed.broadcast_buffers(self.ema.module)
+        return self.validate(data_loader, self.ema.module, criterion, label='EMA')
 
     def run_epoch(self, training, data_loader, model, criterion, optimizer, desc):
         """One pass over ``data_loader`` through the hooks; returns ``epoch_results``."""

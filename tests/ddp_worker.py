@@ -1,5 +1,5 @@
 """Run by test_distributed.py under torchrun (2 CPU processes): check the in-order gather, train
-one epoch with DDP (toy model, then the real MSRN), then evaluate a given checkpoint.
+one epoch with DDP (toy model with an EMA of its weights, then the real MSRN), then evaluate a given checkpoint.
 Usage: ddp_worker.py OUT_DIR CHECKPOINT"""
 import os
 import sys
@@ -28,11 +28,13 @@ def main(out_dir, checkpoint):
 
     seed_everything(distributed.get_rank())  # different inits: DDP must broadcast rank 0's
     model = ToyMSRN()
-    make_engine(save_dir=os.path.join(out_dir, 'train'), max_epochs=1).learning(
-        model, nn.MultiLabelSoftMarginLoss(), ToyDataset(30, seed=1), ToyDataset(11, seed=2), make_optimizer(model))
-    weights = torch.cat([p.detach().flatten() for p in model.parameters()])
-    replicas = distributed.all_gather_objects(weights)
-    assert torch.equal(replicas[0], replicas[1]), 'replicas diverged'
+    engine = make_engine(save_dir=os.path.join(out_dir, 'train'), max_epochs=1, ema_decay=0.9)
+    engine.learning(model, nn.MultiLabelSoftMarginLoss(), ToyDataset(30, seed=1), ToyDataset(11, seed=2),
+                    make_optimizer(model))
+    for name, module in (('replicas', model), ('EMAs', engine.ema.module)):
+        weights = torch.cat([v.flatten().double() for v in module.state_dict().values()])
+        replicas = distributed.all_gather_objects(weights)
+        assert torch.equal(replicas[0], replicas[1]), f'{name} diverged'
 
     # The real MSRN under DDP: every trainable parameter must get a gradient in every step.
     msrn = MSRN(2, 0.5, model_name='resnet18', adj_file={'adj': [[0, 5], [4, 0]], 'nums': [10, 8]})

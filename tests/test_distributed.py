@@ -28,7 +28,8 @@ def test_two_cpu_processes_train_and_evaluate_like_one(tmp_path):
 
     # Rank 0 alone wrote the files: one log line for one epoch.
     assert len(open(tmp_path / 'ddp' / 'train' / 'log.jsonl').readlines()) == 1
-    assert torch.load(tmp_path / 'ddp' / 'train' / 'checkpoint.pth.tar', weights_only=True)['epoch'] == 1
+    saved = torch.load(tmp_path / 'ddp' / 'train' / 'checkpoint.pth.tar', weights_only=True)
+    assert saved['epoch'] == 1 and saved['ema'].keys() == saved['state_dict'].keys() == ToyMSRN().state_dict().keys()
     # The gathered evaluation (11 images, padding dropped) equals the single-process one.
     ddp = json.load(open(tmp_path / 'ddp' / 'eval' / 'eval.json'))
     one = json.load(open(tmp_path / 'single' / 'eval.json'))
