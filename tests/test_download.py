@@ -1,6 +1,8 @@
 import hashlib
 import io
 import os
+import random
+import shutil
 import socket
 import tarfile
 import zipfile
@@ -177,6 +179,101 @@ def test_zip_extraction_and_refusals(tmp_path):
         with pytest.raises(DownloadError, match='refusing'):
             extract_archive(str(tmp_path / bad), str(root))
     assert tree(tmp_path) == before
+
+
+def test_interrupted_extraction_leaves_root_unchanged(tmp_path, monkeypatch):
+    root = tmp_path / 'root'
+    (root / 'top').mkdir(parents=True)
+    (root / 'top/c.txt').write_text('old')
+    make_tar(tmp_path / 'x.tar', [('top/a.txt', b'a'), ('top/c.txt', b'new'), ('top/d.txt', b'd')])
+    before = tree(tmp_path)
+    written = []
+
+    def disk_full_at_second_file(self, tarinfo, targetpath):
+        written.append(targetpath)
+        if len(written) == 2:
+            raise OSError(28, 'No space left on device')
+        return real_makefile(self, tarinfo, targetpath)
+    real_makefile = tarfile.TarFile.makefile
+    monkeypatch.setattr(tarfile.TarFile, 'makefile', disk_full_at_second_file)
+    with pytest.raises(OSError, match='No space left'):
+        extract_archive(str(tmp_path / 'x.tar'), str(root))
+    assert len(written) == 2 and tree(tmp_path) == before  # no .extract-* folder either
+
+
+MERGE_ROOT = {'top/a/old.txt': b'old', 'top/c.txt': b'old c', 'keep.txt': b'k'}
+MERGE_ARCHIVE = [('top/a/x.txt', b'x'), ('top/b/z.txt', b'z'), ('top/c.txt', b'new c'), ('zz.txt', b'zz')]
+
+
+def write_tree(root, files):
+    for rel, content in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(content)
+
+
+def test_interrupted_merge_is_rolled_back_at_every_step(tmp_path, monkeypatch):
+    root = tmp_path / 'root'
+    write_tree(root, MERGE_ROOT)
+    make_tar(tmp_path / 'x.tar', MERGE_ARCHIVE)
+    before = tree(tmp_path)
+    real_move = shutil.move
+    moves = 5  # x.txt, b/, c.txt backed up, c.txt, zz.txt
+    for interrupt_at in range(1, moves + 1):
+        calls = []
+
+        def move(src, dst):
+            calls.append(src)
+            if len(calls) == interrupt_at:
+                raise KeyboardInterrupt
+            return real_move(src, dst)
+        monkeypatch.setattr(shutil, 'move', move)
+        with pytest.raises(KeyboardInterrupt):
+            extract_archive(str(tmp_path / 'x.tar'), str(root))
+        assert tree(tmp_path) == before, f'interrupted at move {interrupt_at}'
+    monkeypatch.setattr(shutil, 'move', real_move)
+    extract_archive(str(tmp_path / 'x.tar'), str(root))
+    assert tree(root) == {'top': None, 'top/a': None, 'top/b': None, 'keep.txt': b'k', 'top/a/old.txt': b'old',
+                          'top/a/x.txt': b'x', 'top/b/z.txt': b'z', 'top/c.txt': b'new c', 'zz.txt': b'zz'}
+
+
+def test_file_where_root_has_a_folder_is_refused_and_rolled_back(tmp_path):
+    root = tmp_path / 'root'
+    write_tree(root, {'top/b/mine.txt': b'm'})
+    make_tar(tmp_path / 'x.tar', [('top/a.txt', b'a'), ('top/b', b'a file')])
+    before = tree(tmp_path)
+    with pytest.raises(DownloadError, match='is a folder but the archive has a file there') as e:
+        extract_archive(str(tmp_path / 'x.tar'), str(root))
+    assert str(root / 'top/b') in str(e.value)
+    assert tree(tmp_path) == before  # top/a.txt, moved first, was taken back
+
+
+def real_tar(path, mode):
+    """A tar of three 5000-byte random files, as tar writers make it (end-of-archive blocks)."""
+    with tarfile.open(path, mode) as t:
+        for i in range(3):
+            data = random.Random(i).randbytes(5000)
+            info = tarfile.TarInfo(f'data/f{i}.bin')
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize('mode,damage', [
+    ('w', lambda raw: raw[:3000]),  # inside the first file's data
+    ('w', lambda raw: raw[:512 + 5120]),  # right after the first member: tarfile alone sees no error
+    ('w:gz', lambda raw: raw[:len(raw) // 2]),
+    ('w:gz', lambda raw: raw[:len(raw) // 2] + bytes([raw[len(raw) // 2] ^ 1]) + raw[len(raw) // 2 + 1:]),
+], ids=['tar-cut-in-data', 'tar-cut-between-members', 'tgz-cut', 'tgz-bit-flip'])
+def test_truncated_or_damaged_tar_is_a_one_line_corrupt_archive_error(tmp_path, mode, damage):
+    archive = tmp_path / 'x.tar'
+    archive.write_bytes(damage(real_tar(archive, mode)))
+    root = tmp_path / 'root'
+    write_tree(root, {'keep.txt': b'k'})
+    before = tree(tmp_path)
+    with pytest.raises(DownloadError) as e:
+        extract_archive(str(archive), str(root))
+    assert 'corrupt archive' in str(e.value) and 'delete it and run again' in str(e.value)
+    assert '\n' not in str(e.value) and tree(tmp_path) == before
 
 
 def test_corrupt_archive_is_one_line(tmp_path):
