@@ -185,7 +185,7 @@ def test_apparel_trains_through_its_script_with_two_loader_workers(synthetic, tm
 @pytest.mark.long
 @pytest.mark.parametrize('demo,config,num_classes', [(demo_coco_gcn, 'coco', 80), (demo_nuswide_gcn, 'nuswide', 81)])
 def test_coco_and_nuswide_train_through_their_scripts(demo, config, num_classes, synthetic, tmp_path):
-    """Minutes: 80 classes make a 2 GB checkpoint (fc1 alone holds 264 M weights)."""
+    """Left out of the default run: 80 classes make a 2 GB checkpoint (fc1 alone: 264 M weights)."""
     info = synthetic(config, n_train=8, n_val=4)
     assert demo.main(demo.DATASET, train_argv(info, tmp_path, '--epochs', '1')) == 0
     assert_official(load(tmp_path / CHECKPOINT), 1, num_classes, demo.DATASET['pool_ratio'], config=config)
