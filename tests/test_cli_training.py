@@ -114,6 +114,16 @@ def test_model_best_holds_the_best_epoch_and_is_left_alone_after_it(four_epochs)
 
 
 @pytest.mark.slow
+def test_training_writes_checkpoints_log_curves_and_eval_json(four_epochs):
+    save, _ = four_epochs
+    for name in (CHECKPOINT, BEST, 'log.jsonl', 'curves.png', 'eval_epoch004.json'):
+        assert (save / name).is_file(), name
+    assert [json.loads(line)['epoch'] for line in open(save / 'log.jsonl')] == [1, 2, 3, 4]
+    last = load(save / CHECKPOINT)
+    assert last['arch'] == 'resnet18' and last['args']['lr'] == 0.1
+
+
+@pytest.mark.slow
 def test_checkpoints_have_the_official_layout(four_epochs):
     save, _ = four_epochs
     assert_official(load(save / CHECKPOINT), 4, 20, 0.2)

@@ -149,20 +149,6 @@ def test_other_readme_commands_evaluate_a_checkpoint(name, official, tmp_path, s
         assert result['num_samples'] == 48
 
 
-def test_training_through_the_demo_script_writes_everything(tmp_path, synthetic):
-    info = synthetic('voc', n_trainval=24, n_test=12, image_size=64)
-    save = tmp_path / 'out'
-    argv = [info['root'], '-graph_file', info['graph_file'], '-word_file', info['word_file'], '--backbone',
-            'resnet18', '--pretrained', '0', '--image-size', '64', '--epochs', '2', '--epoch_step', '1', '-b', '8',
-            '-j', '0', '--device', 'cpu', '--seed', '0', '--save-dir', str(save), '--no-download']
-    assert demo_voc2007_gcn.main(demo_voc2007_gcn.DATASET, argv) == 0
-    for name in ('checkpoint.pth.tar', 'model_best.pth.tar', 'log.jsonl', 'curves.png', 'eval_epoch002.json'):
-        assert (save / name).is_file(), name
-    checkpoint = torch.load(save / 'checkpoint.pth.tar', weights_only=True)
-    assert checkpoint['epoch'] == 2 and checkpoint['arch'] == 'resnet18'
-    assert checkpoint['args']['lr'] == 0.1
-
-
 # ---------------------------------------------------------------------------------------------
 # Bad input through the scripts: one line on stderr, exit code 2, no traceback
 
