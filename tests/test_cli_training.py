@@ -47,17 +47,18 @@ def reference_layout(config):
 
 def assert_official(checkpoint, epoch, num_classes, pool_ratio, backbone='resnet18', config='voc'):
     """What the official code reads: int ``epoch``, float ``best_score``, a bare ``state_dict``
-    whose keys, order, shapes and dtypes are the model's (the official layout: test_models)."""
+    whose keys, order, shapes and dtypes are the model's (which test_models ties to the official
+    layout) and, where the official reference files are at hand, theirs."""
     assert {'epoch', 'arch', 'state_dict', 'best_score'} <= checkpoint.keys()
     assert type(checkpoint['epoch']) is int and checkpoint['epoch'] == epoch
     assert type(checkpoint['best_score']) is float
     state = layout(checkpoint['state_dict'])
     assert not any(key.startswith('module.') for key, _, _ in state)
     assert state == layout(meta_model(num_classes, pool_ratio, backbone).state_dict())
-    if REFERENCE.is_dir():  # straight from the official files; the trunk's part only for ResNet-101
-        def head(entries):
+    if REFERENCE.is_dir():  # the reference describes a ResNet-101 trunk: else compare the rest only
+        def comparable(entries):
             return [e for e in entries if backbone == 'resnet101' or not e[0].startswith(('resnet_101.', 'ProjectM.'))]
-        assert head(state) == head(reference_layout(config))
+        assert comparable(state) == comparable(reference_layout(config))
 
 
 def same_weights(path_a, path_b):
