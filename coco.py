@@ -3,7 +3,7 @@
 
 The 80 classes are indexed by sorted category name and images without annotations are left out,
 as in the official loader. The parsed labels are cached as ``<root>/cache/<phase>_anno.json``
-(the official ``<phase>_anno.json`` format) and rebuilt when the annotation file is newer.
+(the official ``<phase>_anno.json`` format) and rebuilt when the annotation file's content changes.
 """
 import collections
 import json
@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from dataset_base import MultiLabelDataset, write_cache
+from dataset_base import MultiLabelDataset, cache_is_fresh, source_digests, write_cache
 from download import Archive, download_and_extract
 from errors import DatasetError
 
@@ -109,7 +109,8 @@ def read_samples(root, phase, download=False):
     ann, cache = annotation_file(root, phase), cache_file(root, phase)
     if not os.path.isdir(images) and download:
         download_and_extract(ARCHIVES[phase], root)
-    cached = os.path.isfile(cache) and (not os.path.isfile(ann) or os.path.getmtime(cache) > os.path.getmtime(ann))
+    digests = source_digests([ann]) if os.path.isfile(ann) else None
+    cached = os.path.isfile(cache) and (digests is None or cache_is_fresh(cache, digests))
     if not cached and not os.path.isfile(ann) and download:
         download_and_extract(ARCHIVES['annotations'], root)
     if not os.path.isdir(root):
@@ -123,7 +124,7 @@ def read_samples(root, phase, download=False):
         raise _missing(root, ann, 'annotations')
     else:
         entries = parse_annotations(ann)
-        write_cache(cache, lambda f: json.dump(entries, f))
+        write_cache(cache, lambda f: json.dump(entries, f), digests)
     samples = []
     for e in entries:
         target = np.full(len(CLASSES), -1, np.float32)

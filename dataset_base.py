@@ -5,6 +5,7 @@ in {1, 0, -1} (0 = difficult, VOC only) and hands them to ``MultiLabelDataset``,
 ``((image, name, word_vectors), target)`` as the official loaders do.
 """
 import concurrent.futures
+import json
 import os
 
 import numpy as np
@@ -15,6 +16,7 @@ from tqdm import tqdm
 
 import label_files
 from checkpoint import atomic_write
+from download import sha256sum
 from errors import DatasetError
 
 
@@ -46,14 +48,42 @@ def _unreadable(path):
     return None
 
 
-def write_cache(path, write, **open_kwargs):
-    """Write a cache file with ``write(f)``, atomically (write, then rename). A read-only dataset
-    folder still works: the cache is skipped and the labels are parsed again next time."""
+def source_digests(paths):
+    """{file name: sha256} of the files a cache is built from (their content, not their times:
+    an edit within the file system's time resolution keeps size and modification time)."""
+    return {os.path.basename(path): sha256sum(path) for path in paths}
+
+
+def _sources_file(cache):
+    return cache + '.sources.json'
+
+
+def cache_is_fresh(cache, digests):
+    """True if ``cache`` exists and ``write_cache`` wrote it from sources with these ``digests``."""
+    try:
+        with open(_sources_file(cache)) as f:
+            recorded = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return recorded == digests and os.path.isfile(cache)
+
+
+def write_cache(path, write, digests, **open_kwargs):
+    """Write a cache file with ``write(f)``, atomically (write, then rename), then record the
+    ``digests`` of its sources beside it, in ``<path>.sources.json``. A read-only dataset folder
+    still works: the cache is skipped and the labels are parsed again next time."""
     def write_file(tmp):
         with open(tmp, 'w', **open_kwargs) as f:
             write(f)
+
+    def write_digests(tmp):
+        with open(tmp, 'w') as f:
+            json.dump(digests, f, indent=1)
     try:
+        if os.path.exists(_sources_file(path)):  # until both are written, the old record must not vouch
+            os.remove(_sources_file(path))
         atomic_write(path, write_file)
+        atomic_write(_sources_file(path), write_digests)
     except OSError as e:
         print(f'[dataset] cannot write the cache {path} ({e}); the labels will be parsed again next time')
 

@@ -2,20 +2,22 @@
 
 ``download_file`` writes to ``<dest>.part`` (resuming it with an HTTP Range request when a
 previous attempt was cut off), checks size and sha256, and only then renames it to ``dest``; a
-download that fails the check is deleted. ``extract_archive`` refuses any tar/zip member that
-would land outside the target folder, and unpacks into a staging folder first, so an interrupted
-or refused extraction leaves the target untouched.
+download that fails the check is deleted. ``extract_archive`` refuses links and any tar/zip
+member that would land outside the target folder, and unpacks into a staging folder first, so an
+interrupted or refused extraction leaves the target untouched.
 """
 import collections
+import gzip
 import hashlib
+import lzma
 import os
-import posixpath
 import shutil
 import stat
 import tarfile
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 
 from tqdm import tqdm
 
@@ -118,23 +120,26 @@ def download_file(urls, dest, sha256=None, size=None, timeout=60, progress=True)
 
 
 def _check_name(archive, name):
-    """Return the member name as a safe relative POSIX path, or raise DownloadError."""
+    """Raise DownloadError if the member ``name`` is absolute or climbs out with ``..``."""
     clean = name.replace('\\', '/')
     parts = [p for p in clean.split('/') if p not in ('', '.')]
     if clean.startswith('/') or (parts and parts[0].endswith(':')) or '..' in parts:
         raise DownloadError(f'{archive}: refusing to extract {name!r}: it points outside the target folder')
-    return '/'.join(parts)
 
 
 def _check_tar_member(archive, member):
-    name = _check_name(archive, member.name)
+    """Raise DownloadError unless ``member`` is a regular file or folder inside the target folder.
+
+    Links are refused, whatever they point to: checked one by one, a chain of them (``l1 -> .``,
+    ``l1/l2 -> ..``, ``l1/l2/l3 -> ..``) leads out although each stays inside, and Pythons
+    without tarfile's 'data' filter (< 3.11.4) would follow it. The dataset archives hold none.
+    """
+    _check_name(archive, member.name)
     if member.issym() or member.islnk():
-        base = posixpath.dirname(name) if member.issym() else ''
-        target = posixpath.normpath(posixpath.join(base, member.linkname))
-        if member.linkname.startswith('/') or target == '..' or target.startswith('../'):
-            raise DownloadError(f'{archive}: refusing to extract link {member.name!r} -> {member.linkname!r}: '
-                                f'it points outside the target folder')
-    elif not (member.isfile() or member.isdir()):
+        kind = 'symbolic' if member.issym() else 'hard'
+        raise DownloadError(f'{archive}: refusing to extract {kind} link {member.name!r} -> {member.linkname!r}: '
+                            f'archives with links are not supported; unpack it by hand if you trust it')
+    if not (member.isfile() or member.isdir()):
         raise DownloadError(f'{archive}: refusing to extract {member.name!r}: not a regular file or folder')
 
 
@@ -144,45 +149,95 @@ def _check_zip_member(archive, info):
         raise DownloadError(f'{archive}: refusing to extract symbolic link {info.filename!r}')
 
 
-def _merge(src, dst):
-    """Move the tree ``src`` into ``dst``, merging folders that exist in both."""
-    os.makedirs(dst, exist_ok=True)
-    for name in os.listdir(src):
-        s, d = os.path.join(src, name), os.path.join(dst, name)
-        if os.path.isdir(s) and not os.path.islink(s) and os.path.isdir(d):
-            _merge(s, d)
-        elif os.path.isdir(d):
-            raise DownloadError(f'{d}: is a folder but the archive has a file there; move it away and run again')
-        else:
-            shutil.move(s, d)
+def _check_tar_complete(archive, t):
+    """Raise DownloadError if the tar ``t`` (members read) was cut short or fails its checksum.
+
+    tarfile stops quietly when a cut falls between two members, and reads a compressed stream only
+    as far as the last member: ask for the end-of-archive block that tar writers add, and read on
+    to the end so that gzip, bz2 and xz verify their checksums.
+    """
+    t.fileobj.seek(t.offset)
+    if t.fileobj.read(tarfile.BLOCKSIZE) != tarfile.NUL * tarfile.BLOCKSIZE:
+        raise DownloadError(f'{archive}: corrupt archive (it ends before its end-of-archive block); '
+                            f'delete it and run again')
+    while t.fileobj.read(CHUNK):
+        pass
 
 
-def extract_archive(archive, root):
-    """Unpack a .zip or .tar[.gz|.bz2|.xz] into ``root``; refuse members that escape it."""
-    print(f'[download] extracting {archive} to {root}')
-    os.makedirs(root, exist_ok=True)
-    staging = os.path.join(root, '.extract-' + os.path.basename(archive))
-    shutil.rmtree(staging, ignore_errors=True)  # leftover of an interrupted run
-    os.makedirs(staging)
+def _unpack(archive, dest):
+    """Check every member of the zip or tar ``archive``, then unpack it into the folder ``dest``."""
     try:
         if zipfile.is_zipfile(archive):
             with zipfile.ZipFile(archive) as z:
                 for info in z.infolist():
                     _check_zip_member(archive, info)
-                z.extractall(staging)
+                z.extractall(dest)
         elif tarfile.is_tarfile(archive):
             with tarfile.open(archive) as t:
                 members = t.getmembers()
                 for member in members:
                     _check_tar_member(archive, member)
-                # the 'data' filter (Python >= 3.11.4) re-checks links and drops special permissions
+                _check_tar_complete(archive, t)
+                # the 'data' filter (Python >= 3.11.4) also drops special permissions and ownership
                 safe = {'filter': 'data'} if hasattr(tarfile, 'data_filter') else {}
-                t.extractall(staging, members=members, **safe)
+                t.extractall(dest, members=members, **safe)
         else:
             raise DownloadError(f'{archive}: not a zip or tar archive; delete it and run again')
-        _merge(staging, root)
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError) as e:
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError) as e:
         raise DownloadError(f'{archive}: corrupt archive ({e}); delete it and run again') from e
+
+
+def _merge(src, dst, backup, undo):
+    """Move the tree ``src`` into the folder ``dst``, merging folders that exist in both.
+
+    A file that the archive replaces is first moved into the folder ``backup``. Every move is
+    appended to ``undo`` so that ``_roll_back`` can return ``dst`` to what it was.
+    """
+    for name in sorted(os.listdir(src)):
+        s, d = os.path.join(src, name), os.path.join(dst, name)
+        if os.path.isdir(s) and os.path.isdir(d):
+            _merge(s, d, backup, undo)
+            continue
+        if os.path.isdir(d) or (os.path.isdir(s) and os.path.lexists(d)):
+            has, gets = ('folder', 'file') if os.path.isdir(d) else ('file', 'folder')
+            raise DownloadError(f'{d}: is a {has} but the archive has a {gets} there; move it away and run again')
+        if os.path.lexists(d):
+            _move(d, os.path.join(backup, str(len(undo))), undo)
+        _move(s, d, undo)
+
+
+def _move(src, dst, undo):
+    shutil.move(src, dst)
+    undo.append((dst, src))
+
+
+def _roll_back(undo):
+    """Undo the moves ``_merge`` made, last first."""
+    for moved_to, came_from in reversed(undo):
+        shutil.move(moved_to, came_from)
+
+
+def extract_archive(archive, root):
+    """Unpack a .zip or .tar[.gz|.bz2|.xz] into ``root``; refuse links and members that escape it.
+
+    The archive is unpacked into a staging folder inside ``root``, then moved into place. If
+    anything fails or is interrupted (an error, Ctrl-C) the moves are undone, so ``root`` is left
+    as it was; files the archive replaces are deleted only once everything is in place.
+    """
+    print(f'[download] extracting {archive} to {root}')
+    os.makedirs(root, exist_ok=True)
+    staging = os.path.join(root, '.extract-' + os.path.basename(archive))
+    shutil.rmtree(staging, ignore_errors=True)  # leftover of a run that was killed
+    unpacked, replaced = os.path.join(staging, 'unpacked'), os.path.join(staging, 'replaced')
+    os.makedirs(unpacked)
+    os.makedirs(replaced)
+    undo = []
+    try:
+        _unpack(archive, unpacked)
+        _merge(unpacked, root, replaced, undo)
+    except BaseException:
+        _roll_back(undo)
+        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -5,8 +5,10 @@ Inputs everywhere: ``scores`` [N, C] raw logits (higher = more likely present) a
 
 - AP/mAP follow the official meter: per class, sort by score (descending; ties keep the order
   of a stable sort, i.e. sample order), drop difficult samples when ``difficult_examples``,
-  average the precision at each positive. A class with no positive has no AP: it is NaN and
-  left out of the mean (the official meter divided by zero there).
+  average the precision at each positive. Without tied scores the values are the official ones
+  bit for bit; with ties they may differ, since the official unstable sort ordered ties by
+  chance. A class with no positive has no AP: it is NaN and left out of the mean (the official
+  meter divided by zero there).
 - OP/OR/OF1/CP/CR/CF1 count only label 1 as positive ({0, -1} negative), with the official
   formula (a class with no prediction counts one, giving it precision 0). ``fixed`` uses
   logit >= 0 (ML-GCN's rule); ``official_sweep`` reproduces the official MSRN quirk of picking,
@@ -75,7 +77,7 @@ def average_precision(scores, targets, difficult_examples=True):
 
 def average_precision_loop(scores, targets, difficult_examples=True):
     """Plain-loop reference of :func:`average_precision`, element by element on tensors as the
-    official meter does; for tests and ``bench/metrics.py`` only (slow: minutes on COCO)."""
+    official meter does but with a stable sort; for tests and ``bench/metrics.py`` (slow on COCO)."""
     scores, targets = _as_tensors(scores, targets)
     ap = torch.full((scores.shape[1],), float('nan'), dtype=torch.float64)
     for k in range(scores.shape[1]):

@@ -65,21 +65,24 @@ def read_log(save_dir):
         return [json.loads(line) for line in f if line.strip()]
 
 
+def _write_log(save_dir, records):
+    def write(tmp):
+        with open(tmp, 'w') as f:
+            f.writelines(json.dumps(r) + '\n' for r in records)
+    atomic_write(os.path.join(save_dir, LOG_NAME), write)
+
+
 def truncate_log(save_dir, epochs_done):
     """Keep the log's first ``epochs_done`` epochs (a resumed run rewrites the later ones)."""
     kept = [r for r in read_log(save_dir) if r['epoch'] <= epochs_done]
-
-    def write(tmp):
-        with open(tmp, 'w') as f:
-            f.writelines(json.dumps(r) + '\n' for r in kept)
     if kept or os.path.exists(os.path.join(save_dir, LOG_NAME)):
-        atomic_write(os.path.join(save_dir, LOG_NAME), write)
+        _write_log(save_dir, kept)
 
 
 def append_log(save_dir, record):
-    os.makedirs(save_dir, exist_ok=True)
-    with open(os.path.join(save_dir, LOG_NAME), 'a') as f:
-        f.write(json.dumps(record) + '\n')
+    """Add one epoch's line. The file is rewritten, not appended to, so that a crash or a full
+    disk half-way leaves the previous log whole (it holds one short line per epoch)."""
+    _write_log(save_dir, read_log(save_dir) + [record])
 
 
 def plot_curves(save_dir):

@@ -1,15 +1,16 @@
 """PASCAL VOC 2007 classification on the devkit layout (``VOCdevkit/VOC2007/...`` under root).
 
 Labels come from ``ImageSets/Main/<class>_<split>.txt`` (1 present, -1 absent, 0 difficult) and are
-cached per split in ``<root>/files/VOC2007/classification_<split>.csv`` as ML-GCN does. Missing sets
-are downloaded from the official site (verified, resumable) and extracted safely.
+cached per split in ``<root>/files/VOC2007/classification_<split>.csv`` as ML-GCN does, and
+rebuilt when a label file's content changes. Missing sets are downloaded from the official site
+(verified, resumable) and extracted safely.
 """
 import csv
 import os
 
 import numpy as np
 
-from dataset_base import MultiLabelDataset, write_cache
+from dataset_base import MultiLabelDataset, cache_is_fresh, source_digests, write_cache
 from download import Archive, download_and_extract
 from errors import DatasetError
 
@@ -119,13 +120,14 @@ def read_samples(root, split, download=False):
             raise DatasetError(f'{root}: dataset folder not found; pass the folder that holds VOCdevkit/, '
                                f'or drop --no-download to let the script download it')
         raise DatasetError(f'{missing[0]}: not found; expected the VOC 2007 devkit layout under {root}: extract '
-                           f'{os.path.basename(ARCHIVES[split].urls[0])} there, or drop --no-download to let the script download it')
-    cache = cache_file(root, split)
-    if os.path.isfile(cache) and os.path.getmtime(cache) > max(os.path.getmtime(p) for p in sources):
+                           f'{os.path.basename(ARCHIVES[split].urls[0])} there, or drop --no-download to let the script download '
+                           f'it')
+    cache, digests = cache_file(root, split), source_digests(sources)
+    if cache_is_fresh(cache, digests):
         labels = read_labels_csv(cache)
     else:
         labels = read_object_labels(root, split)
-        write_cache(cache, lambda f: write_labels_csv(f, labels), newline='')
+        write_cache(cache, lambda f: write_labels_csv(f, labels), digests, newline='')
     images = os.path.join(_voc_dir(root), 'JPEGImages')
     return [(os.path.join(images, name + '.jpg'), name, row.astype(np.float32)) for name, row in labels.items()]
 

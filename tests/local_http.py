@@ -6,10 +6,11 @@ import threading
 
 class LocalServer:
     """Serves ``files`` (URL path -> bytes). ``cut[path] = n`` drops the connection after n body
-    bytes of the next response for that path; ``honour_range = False`` makes it ignore Range."""
+    bytes of the next response for that path; a path in ``hang_up`` gets its connection closed
+    without any answer (a dead host that never hangs); ``honour_range = False`` makes it ignore Range."""
 
     def __init__(self):
-        self.files, self.cut, self.requests = {}, {}, []
+        self.files, self.cut, self.requests, self.hang_up = {}, {}, [], set()
         self.honour_range = True
         server = self
 
@@ -17,6 +18,9 @@ class LocalServer:
             def do_GET(self):
                 rng = self.headers.get('Range')
                 server.requests.append((self.path, rng))
+                if self.path in server.hang_up:
+                    self.close_connection = True
+                    return
                 if self.path not in server.files:
                     self.send_error(404)
                     return

@@ -1,4 +1,5 @@
 """Loading released/our checkpoints strictly, and ImageNet trunk weights with download."""
+import copy
 import functools
 import hashlib
 
@@ -14,8 +15,8 @@ from tests.test_models import random_graph
 
 
 @pytest.fixture(scope='module')
-def pair():
-    """Two differently initialised small models of the same config."""
+def built_pair():
+    """Two differently initialised small models of the same config, built once (slow to build)."""
     torch.manual_seed(0)
     a = MSRN(5, 0.4, 'resnet18', random_graph(5))
     torch.manual_seed(1)
@@ -23,9 +24,17 @@ def pair():
     return a, b
 
 
-def assert_same_weights(a, b):
+@pytest.fixture
+def pair(built_pair):
+    """Fresh copies of ``built_pair`` for each test, so no test sees weights another one loaded."""
+    source, target = copy.deepcopy(built_pair)
+    assert not same_weights(source, target)
+    return source, target
+
+
+def same_weights(a, b):
     sa, sb = a.state_dict(), b.state_dict()
-    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
 def official_checkpoint(model, prefix=''):
@@ -40,7 +49,7 @@ def test_official_checkpoint_file_loads_strictly(pair, tmp_path, prefix):
     torch.save(official_checkpoint(source, prefix), path)
     checkpoint = load_checkpoint(target, str(path))
     assert checkpoint['epoch'] == 20 and float(checkpoint['best_score']) == pytest.approx(94.8)
-    assert_same_weights(source, target)
+    assert same_weights(source, target)
 
 
 def test_raw_state_dict_file_loads(pair, tmp_path):
@@ -48,7 +57,7 @@ def test_raw_state_dict_file_loads(pair, tmp_path):
     path = tmp_path / 'raw.pth'
     torch.save(source.state_dict(), path)
     load_checkpoint(target, path)
-    assert_same_weights(source, target)
+    assert same_weights(source, target)
 
 
 def test_missing_and_unexpected_keys_are_named(pair):
@@ -97,12 +106,14 @@ def test_missing_corrupt_and_unsafe_files_are_errors(pair, tmp_path):
 
 def test_nothing_is_changed_when_loading_fails(pair):
     source, target = pair
-    before = {k: v.clone() for k, v in target.state_dict().items()}
+    before = copy.deepcopy(target)
     checkpoint = official_checkpoint(source)
     del checkpoint['state_dict']['fc2.bias']
     with pytest.raises(CheckpointError):
         load_checkpoint(target, checkpoint)
-    assert all(torch.equal(before[k], v) for k, v in target.state_dict().items())
+    assert same_weights(target, before)
+    load_checkpoint(target, official_checkpoint(source))  # the same checkpoint, complete, does load
+    assert same_weights(target, source)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -119,7 +130,7 @@ def imagenet_file(directory, seed=0):
     return path
 
 
-def test_imagenet_weights_load_into_trunk_but_not_conv_buffers(tmp_path, pair):
+def test_imagenet_weights_load_into_trunk_but_not_conv_buffers(tmp_path):
     source = imagenet_file(tmp_path)
     model = MSRN(5, 0.4, 'resnet18', random_graph(5))
     buffer_before = model.resnet_101.conv_buffer1.weight.clone()
@@ -150,11 +161,13 @@ def test_download_with_wrong_hash_leaves_no_file(http_server, tmp_path):
     assert list(target.parent.iterdir()) == []
 
 
-def test_offline_download_says_where_to_put_the_file(tmp_path):
+def test_offline_download_says_where_to_put_the_file(http_server, tmp_path):
+    http_server.hang_up.add('/resnet18-5c106cde.pth')  # as a dead mirror: the connection closes unanswered
     target = tmp_path / 'resnet101.pth.tar'
     model = MSRN(5, 0.4, 'resnet18', random_graph(5))
     with pytest.raises(CheckpointError, match=f'{target} not found and downloading .* failed .* save it as {target}'):
-        load_imagenet_trunk(model, str(target), 'resnet18', url='http://127.0.0.1:9/resnet18-5c106cde.pth')
+        load_imagenet_trunk(model, str(target), 'resnet18', url=http_server.url('/resnet18-5c106cde.pth'))
+    assert http_server.requests and not target.exists()
 
 
 def test_weights_of_another_depth_are_rejected(tmp_path):

@@ -2,7 +2,6 @@ import hashlib
 import json
 import os
 import shutil
-import time
 import zipfile
 
 import pytest
@@ -50,14 +49,29 @@ def test_cache_in_the_official_format_under_root(root, monkeypatch):
     assert len(make(root)) == len(first)
 
 
-def test_newer_annotations_rebuild_the_cache(root):
-    make(root)
-    ann = json.load(open(annotations(root)))
-    ann['annotations'] = [a for a in ann['annotations'] if a['image_id'] != ann['images'][0]['id']]
-    json.dump(ann, open(annotations(root), 'w'))
-    future = time.time() + 10
-    os.utime(annotations(root), (future, future))
-    assert ann['images'][0]['file_name'] not in make(root).names
+def test_edited_annotations_rebuild_the_cache_even_with_size_and_time_unchanged(root):
+    first = make(root)
+    path = annotations(root)
+    text = open(path).read()
+    ann = json.loads(text)
+    assert json.dumps(ann) == text  # so that a rewrite changes only what is edited
+    # move one annotation of the first image to a category it lacks, with an id of as many digits
+    image = ann['images'][0]
+    edit = next(a for a in ann['annotations'] if a['image_id'] == image['id'])
+    taken = {a['category_id'] for a in ann['annotations'] if a['image_id'] == image['id']}
+    old = edit['category_id']
+    edit['category_id'] = next(c['id'] for c in ann['categories']
+                               if c['id'] not in taken and len(str(c['id'])) == len(str(old)))
+    edited = json.dumps(ann)
+    assert len(edited) == len(text)
+    stat = os.stat(path)
+    with open(path, 'w') as f:
+        f.write(edited)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # as an edit within the same clock tick
+    name_of = {c['id']: c['name'] for c in ann['categories']}
+    row = make(root).targets[first.names.index(image['file_name'])]
+    assert row[coco.CLASSES.index(name_of[edit['category_id']])] == 1
+    assert row[coco.CLASSES.index(name_of[old])] == -1
 
 
 def test_malformed_annotations(root):

@@ -13,7 +13,7 @@ from util import seed_everything
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'ddp_worker.py')
 
 
-def test_two_cpu_processes_train_and_evaluate_like_one(tmp_path):
+def test_two_cpu_processes_train_in_step_and_evaluate_like_one(tmp_path):
     seed_everything(11)
     torch.save({'epoch': 0, 'arch': None, 'state_dict': ToyMSRN().state_dict(), 'best_score': 0.0},
                tmp_path / 'weights.pth.tar')

@@ -1,7 +1,6 @@
 import hashlib
 import os
 import pickle
-import socket
 
 import numpy as np
 import pytest
@@ -80,16 +79,14 @@ def test_tampered_default_file_is_removed(data_dir, http_server):
     assert os.listdir(data_dir / 'voc') == ['mine.txt']
 
 
-def test_offline_says_where_to_get_and_put_the_file(data_dir, monkeypatch):
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        port = s.getsockname()[1]
-    monkeypatch.setattr(label_files, 'BASE_URL', f'http://127.0.0.1:{port}/data')
+def test_offline_says_where_to_get_and_put_the_file(data_dir, monkeypatch, http_server):
+    http_server.hang_up.add('/data/voc/voc_adj.pkl')  # as a dead host: the connection closes unanswered
+    monkeypatch.setattr(label_files, 'BASE_URL', http_server.url('/data'))
     path = label_files.default_file('voc', 'graph')
     with pytest.raises(DatasetError) as e:
         load_adjacency(path)
     msg = str(e.value)
-    assert '\n' not in msg and f'http://127.0.0.1:{port}/data/voc/voc_adj.pkl' in msg and f'save it as {path}' in msg
+    assert '\n' not in msg and http_server.url('/data/voc/voc_adj.pkl') in msg and f'save it as {path}' in msg
     with pytest.raises(LabelFileError, match='save it as'):
         load_adjacency(path, download=False)
 

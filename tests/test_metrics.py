@@ -46,6 +46,61 @@ def test_ap_by_hand():
     assert metrics.average_precision(scores, targets, False).item() == pytest.approx((1 + 2 / 3) / 2)
 
 
+def plain_ap(labels, order, difficult_examples=True):
+    """AP of one class by walking the images in ``order``: precision at each positive, averaged;
+    difficult images (label 0) skipped when ``difficult_examples``. Python floats throughout."""
+    hits = seen = 0
+    precisions = []
+    for i in order:
+        if difficult_examples and labels[i] == 0:
+            continue
+        seen += 1
+        if labels[i] == 1:
+            hits += 1
+            precisions.append(hits / seen)
+    total = 0.0
+    for p in precisions:
+        total += p
+    return total / hits if hits else float('nan')
+
+
+def plain_ap_all(scores, targets, order_of, difficult_examples=True):
+    """Per-class ``plain_ap`` [C], each class's images walked in ``order_of(its score column)``."""
+    return torch.tensor([plain_ap(targets[:, k].tolist(), order_of(scores[:, k]), difficult_examples)
+                         for k in range(scores.shape[1])], dtype=torch.float64)
+
+
+def official_order(column):
+    """Descending as the official meter sorts (torch's default, unstable: ties in any order)."""
+    return torch.sort(column, descending=True).indices.tolist()
+
+
+def image_order_among_ties(column):
+    values = column.tolist()
+    return sorted(range(len(values)), key=lambda i: (-values[i], i))
+
+
+@pytest.mark.parametrize('difficult', [True, False])
+@pytest.mark.parametrize('n,c,seed', [(500, 5, 2), (1200, 7, 8), (3, 4, 9)])
+def test_without_ties_ap_equals_the_official_algorithm_bit_for_bit(n, c, seed, difficult):
+    scores, targets = random_case(n, c, seed, ties=False)
+    assert all(len(set(scores[:, k].tolist())) == n for k in range(c)), 'the case must be tie-free'
+    assert_same(metrics.average_precision(scores, targets, difficult),
+                plain_ap_all(scores, targets, official_order, difficult))
+
+
+@pytest.mark.parametrize('difficult', [True, False])
+@pytest.mark.parametrize('n,c,seed', [(60, 6, 0), (301, 9, 1)])
+def test_tied_scores_rank_in_image_order(n, c, seed, difficult):
+    scores, targets = random_case(n, c, seed, ties=True)  # 7 distinct values, signed zeros
+    expected = plain_ap_all(scores, targets, image_order_among_ties, difficult)
+    assert_same(metrics.average_precision(scores, targets, difficult), expected)
+    # the rule decides the values: the same images in reverse order, ties now broken the other way
+    flipped = plain_ap_all(scores.flip(0), targets.flip(0), image_order_among_ties, difficult)
+    assert not torch.equal(expected.nan_to_num(), flipped.nan_to_num())
+    assert_same(metrics.average_precision(scores.flip(0), targets.flip(0), difficult), flipped)
+
+
 def test_ties_keep_sample_order():
     scores = torch.zeros(2, 2)
     targets = torch.tensor([[-1, 1], [1, -1]])  # tied scores: the earlier sample ranks first

@@ -156,6 +156,9 @@ def test_label_graph_matches_formula_and_is_asymmetric():
     cond = graph['adj'] / graph['nums'][:, None]
     # the layers' edges are the transpose of the binarised P(j | i) >= t
     assert torch.equal(mask & ~torch.eye(12, dtype=torch.bool), torch.from_numpy((cond >= 0.4).T) & ~torch.eye(12, dtype=torch.bool))
+    # class 0 always comes with class 1 (P(1|0) = 1), class 1 seldom with class 0 (P(0|1) = 0.1)
+    _, adj = label_graph(np.array([[0, 5, 0], [5, 0, 0], [0, 0, 0]]), np.array([5, 50, 10]))
+    assert adj[1, 0] > 0 and adj[0, 1] == 0
 
 
 def test_label_graph_with_a_class_that_never_occurs_is_defined():
@@ -172,8 +175,16 @@ def test_label_graph_with_a_class_that_never_occurs_is_defined():
     assert torch.isfinite(logits).all() and torch.isfinite(loss)
 
 
-def test_graph_is_built_once_and_not_saved():
+def test_graph_is_built_once_and_not_saved(monkeypatch):
+    builds = []
+    monkeypatch.setattr(models, 'label_graph', lambda *a, **k: builds.append(a) or label_graph(*a, **k))
     model = small_model()
+    mask = model.adj_mask
+    with torch.no_grad():
+        for mode in (model.train, model.eval):
+            mode()(torch.randn(2, 3, 64, 64), torch.randn(2, 5, 300))
+    model.load_state_dict(model.state_dict())
+    assert len(builds) == 1 and model.adj_mask is mask
     assert 'adj_mask' not in model.state_dict()
     assert model.adj_mask.dtype == torch.bool and model.adj_mask.shape == (5, 5)
 

@@ -2,7 +2,6 @@ import hashlib
 import os
 import shutil
 import tarfile
-import time
 
 import pytest
 
@@ -40,14 +39,34 @@ def test_csv_cache_as_ml_gcn(root, monkeypatch):
     assert (make(root).targets == first.targets).all()
     monkeypatch.undo()
 
-    # a label file edited after the cache was written wins
+    # a label file edited after the cache was written wins, even with its size and time unchanged
     path = label_file(root, 'person')
-    text = open(path).read().replace('000001 -1', '000001  1').replace('000001  0', '000001  1')
-    future = time.time() + 10
+    text = open(path).read()
+    edited = text.replace('000001 -1', '000001  1').replace('000001  0', '000001  1')
+    assert edited != text and len(edited) == len(text)
+    stat = os.stat(path)
     with open(path, 'w') as f:
-        f.write(text)
-    os.utime(path, (future, future))
+        f.write(edited)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # as an edit within the same clock tick
     assert make(root).targets[0, voc.CLASSES.index('person')] == 1
+    assert read_cache_row(root, '000001')[voc.CLASSES.index('person')] == '1'  # and the cache was rewritten
+
+
+def read_cache_row(root, name):
+    with open(os.path.join(root, 'files', 'VOC2007', 'classification_trainval.csv')) as f:
+        return next(line.rstrip('\n').split(',')[1:] for line in f if line.startswith(name + ','))
+
+
+def test_cache_without_its_record_of_sources_is_rebuilt(root, monkeypatch):
+    make(root)
+    cache = os.path.join(root, 'files', 'VOC2007', 'classification_trainval.csv')
+    os.remove(cache + '.sources.json')  # e.g. a cache that ML-GCN wrote
+    parsed = []
+    real = voc.read_object_labels
+    monkeypatch.setattr(voc, 'read_object_labels', lambda *a: parsed.append(a) or real(*a))
+    make(root)
+    make(root)
+    assert len(parsed) == 1 and os.path.isfile(cache + '.sources.json')
 
 
 def test_malformed_label_file_names_file_and_line(root):
