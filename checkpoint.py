@@ -11,12 +11,13 @@ plain containers, so ``torch.load(weights_only=True)`` reads it.
 """
 import os
 import re
-import urllib.error
 from collections.abc import Mapping
 
 import numpy as np
 import torch
 
+import download
+from download import DownloadError
 from errors import CheckpointError
 
 CHECKPOINT_NAME = 'checkpoint.pth.tar'
@@ -202,19 +203,24 @@ def default_pretrained_path(model_name):
 
 
 def _download_imagenet(url, path):
-    hash_prefix = re.search(r'-([a-f0-9]{6,})\.', os.path.basename(url))
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    try:  # torch.hub writes to a temp file and checks the sha256 prefix in the file name
-        torch.hub.download_url_to_file(url, path, hash_prefix=hash_prefix and hash_prefix.group(1))
-    except (urllib.error.URLError, OSError, RuntimeError) as e:
-        raise CheckpointError(f'{path} not found and downloading {url} failed ({e}); download it where you '
-                              f'have internet and save it as {path}, or pass -pm PATH') from e
+    """Fetch ``url`` to ``path`` (resumable, with a timeout); its name carries a sha256 prefix to check."""
+    failed = f'; download it where you have internet and save it as {path}, or pass -pm PATH'
+    try:
+        download.download_file(url, path, timeout=60)
+    except DownloadError as e:
+        raise CheckpointError(f'{path} not found and downloading {url} failed ({e.line}){failed}') from e
+    prefix = re.search(r'-([a-f0-9]{6,})\.', os.path.basename(url))
+    digest = download.sha256sum(path)
+    if prefix and not digest.startswith(prefix.group(1)):
+        os.remove(path)
+        raise CheckpointError(f'{path} not found and downloading {url} failed (sha256 {digest[:12]}... does not '
+                              f'start with {prefix.group(1)}: removed){failed}')
 
 
 def load_imagenet_trunk(model, path=None, model_name='resnet101', url=None):
     """Load torchvision ImageNet weights (fc dropped) into model.resnet_101; the conv_buffers keep their init.
 
-    A missing file is downloaded from the official URL (sha256-prefix checked).
+    A missing file is downloaded from the official URL (sha256-prefix checked, 60 s timeout).
     """
     path = path or default_pretrained_path(model_name)
     if not os.path.isfile(path):

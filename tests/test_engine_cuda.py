@@ -1,7 +1,5 @@
 """CUDA paths of the engine: float16 autocast with one GradScaler, pinned memory, NCCL collectives.
 Skipped without a GPU."""
-import socket
-
 import numpy as np
 import pytest
 import torch
@@ -46,12 +44,9 @@ def test_msrn_under_autocast(tmp_path):
     assert np.isfinite(score) and engine.state['output'].dtype == torch.float16
 
 
-def test_nccl_collectives():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        port = s.getsockname()[1]
+def test_nccl_collectives(tmp_path):
     torch.cuda.set_device(0)
-    dist.init_process_group('nccl', init_method=f'tcp://127.0.0.1:{port}', world_size=1, rank=0)
+    dist.init_process_group('nccl', init_method=f'file://{tmp_path}/store', world_size=1, rank=0)
     try:
         rows = torch.arange(12).view(6, 2)
         gathered = distributed.gather_in_order(rows, 5)
