@@ -1,5 +1,9 @@
 """CUDA paths of the engine: float16 autocast with one GradScaler, pinned memory, NCCL collectives.
 Skipped without a GPU."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -55,3 +59,11 @@ def test_nccl_collectives(tmp_path):
         assert distributed.all_gather_objects({'a': 1}) == [{'a': 1}]
     finally:
         dist.destroy_process_group()
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason='needs 2 GPUs')
+def test_sync_bn_processes_normalise_like_one_gpu():
+    worker = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'syncbn_worker.py')
+    proc = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
+                           worker], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
