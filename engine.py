@@ -236,6 +236,27 @@ class Engine:
     def learning(self, model, criterion, train_dataset, val_dataset, optimizer=None):
         """Resume if asked, then evaluate once (``evaluate``: returns the mAP; ``train_dataset``
         may be None) or train [start_epoch, max_epochs) (returns the best validation mAP)."""
+        net, val_loader, checkpoint = self.prepare(model, criterion, val_dataset)
+        if self.evaluate:
+            return self.evaluate_once(net, criterion, val_loader, resumed=checkpoint is not None)
+        train_loader = self.prepare_training(model, optimizer, train_dataset, checkpoint)
+        for epoch in range(self.start_epoch, self.max_epochs):
+            self.state['epoch'] = epoch
+            lrs = self.adjust_learning_rate(optimizer)
+            train_loader.sampler.set_epoch(epoch)
+            start = time.perf_counter()
+            train = self.train(train_loader, net, criterion, optimizer, epoch)
+            train_time = time.perf_counter() - start
+            val = self.validate(val_loader, net, criterion)
+            ema_val = self.validate_ema(val_loader, criterion) if self.ema else None
+            self.end_training_epoch(model, optimizer, epoch, lrs, train, val, ema_val,
+                                    train_time, time.perf_counter() - start)
+        distributed.barrier()
+        return self.best_score
+
+    def prepare(self, model, criterion, val_dataset):
+        """Transforms, resumed weights, device, DDP, EMA; returns (network to run, eval loader,
+        the resumed checkpoint or None)."""
         self.init_learning(model, criterion)
         val_dataset.transform = self.val_transform
         checkpoint = self.resume_weights(model) if self.resume else None
@@ -246,10 +267,11 @@ class Engine:
         net = self.wrap(model)
         if self.ema_decay and not self.evaluate:  # after DDP made every process's weights rank 0's
             self.ema = ModelEma(model, self.ema_decay)
-        val_loader = self.make_loader(val_dataset, training=False)
-        if self.evaluate:
-            return self.evaluate_once(net, criterion, val_loader, resumed=checkpoint is not None)
+        return net, self.make_loader(val_dataset, training=False), checkpoint
 
+    def prepare_training(self, model, optimizer, train_dataset, checkpoint):
+        """Optimizer, scaler, EMA and random states of the resumed run; the log cut to the resumed
+        epoch; returns the training loader."""
         if optimizer is None:
             raise ValueError('training needs an optimizer')
         train_dataset.transform = self.train_transform
@@ -265,20 +287,7 @@ class Engine:
         if checkpoint is not None and 'rng' in checkpoint:  # last: nothing above may draw from them
             rng = checkpoint['rng']
             set_rng_state(rng[distributed.get_rank()] if len(rng) == distributed.get_world_size() else rng[0])
-
-        for epoch in range(self.start_epoch, self.max_epochs):
-            self.state['epoch'] = epoch
-            lrs = self.adjust_learning_rate(optimizer)
-            train_loader.sampler.set_epoch(epoch)
-            start = time.perf_counter()
-            train = self.train(train_loader, net, criterion, optimizer, epoch)
-            train_time = time.perf_counter() - start
-            val = self.validate(val_loader, net, criterion)
-            ema_val = self.validate_ema(val_loader, criterion) if self.ema else None
-            self.end_training_epoch(model, optimizer, epoch, lrs, train, val, ema_val,
-                                    train_time, time.perf_counter() - start)
-        distributed.barrier()
-        return self.best_score
+        return train_loader
 
     def evaluate_once(self, model, criterion, val_loader, resumed):
         """The ``evaluate`` branch of ``learning``: validate, write the eval JSON, return the mAP."""
