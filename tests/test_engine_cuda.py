@@ -1,5 +1,6 @@
 """CUDA paths of the engine: float16 autocast with one GradScaler, pinned memory, NCCL collectives.
 Skipped without a GPU."""
+import json
 import os
 import subprocess
 import sys
@@ -18,9 +19,9 @@ from util import seed_everything
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
 
 
-def run(model, save_dir, max_epochs, resume=None, image_size=16, size=24, num_classes=4):
+def run(model, save_dir, max_epochs, resume=None, image_size=16, size=24, num_classes=4, **kwargs):
     engine = make_engine(device='cuda', save_dir=save_dir, max_epochs=max_epochs, resume=resume,
-                         image_size=image_size, class_names=None)
+                         image_size=image_size, class_names=None, **kwargs)
     scaler = engine.scaler
     data = [ToyDataset(n, seed=seed, size=size, num_classes=num_classes) for n, seed in ((30, 1), (10, 2))]
     score = engine.learning(model, nn.MultiLabelSoftMarginLoss(), *data, make_optimizer(model, lr=0.01))
@@ -39,6 +40,15 @@ def test_amp_training_checkpoints_the_scaler_and_resumes_it(tmp_path):
     assert engine.scaler.get_scale() == saved['scaler']['scale']
     engine, score = run(ToyMSRN(), tmp_path, max_epochs=3, resume=str(tmp_path / 'checkpoint.pth.tar'))
     assert np.isfinite(score)
+
+
+def test_ema_under_amp(tmp_path):
+    seed_everything(0)
+    engine, _ = run(ToyMSRN(), tmp_path, max_epochs=2, ema_decay=0.9)
+    saved = torch.load(tmp_path / 'checkpoint.pth.tar', weights_only=True)
+    assert engine.amp and saved['ema'].keys() == saved['state_dict'].keys()
+    assert all(v.dtype == saved['state_dict'][k].dtype and torch.isfinite(v.float()).all() for k, v in saved['ema'].items())
+    assert all(json.loads(line)['ema_val_mAP'] >= 0 for line in open(tmp_path / 'log.jsonl'))
 
 
 def test_msrn_under_autocast(tmp_path):
