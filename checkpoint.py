@@ -230,7 +230,9 @@ def load_imagenet_trunk(model, path=None, model_name='resnet101', url=None):
     expected = {k for k in trunk if not k.startswith('conv_buffer')}
     mismatched = {k for k in expected & state.keys() if trunk[k].shape != state[k].shape}
     if expected != state.keys() or mismatched:
-        raise CheckpointError(f'{path}: not {model_name} ImageNet weights: missing [{_listing(expected - state.keys())}]; '
-                              f'unexpected [{_listing(state.keys() - expected)}]; shape mismatch [{_listing(mismatched)}]')
+        raise CheckpointError(f'{path}: not {model_name} ImageNet weights: missing '
+                              f'[{_listing(expected - state.keys())}]; '
+                              f'unexpected [{_listing(state.keys() - expected)}]; '
+                              f'shape mismatch [{_listing(mismatched)}]')
     model.resnet_101.load_state_dict(state, strict=False)
     return model

@@ -317,7 +317,8 @@ def build_engine(args, *, device, resume, class_names, settings, difficult_examp
         device=device, batch_size=args.batch_size, workers=args.workers, max_epochs=args.epochs,
         start_epoch=args.start_epoch, epoch_step=args.epoch_step, image_size=args.image_size,
         print_freq=args.print_freq, save_dir=args.save_dir, resume=resume, evaluate=args.evaluate,
-        eval_name=eval_name(args) if args.evaluate else None, seed=args.seed, clip_grad_norm=args.clip_grad_norm or None, amp=args.amp,
+        eval_name=eval_name(args) if args.evaluate else None, seed=args.seed,
+        clip_grad_norm=args.clip_grad_norm or None, amp=args.amp,
         progress=args.progress, sync_bn=args.sync_bn, ema_decay=args.ema_decay, loss_name=args.loss,
         arch=args.backbone, settings=settings, class_names=class_names, difficult_examples=difficult_examples)
 

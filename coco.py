@@ -114,8 +114,8 @@ def read_samples(root, phase, download=False):
     if not cached and not os.path.isfile(ann) and download:
         download_and_extract(ARCHIVES['annotations'], root)
     if not os.path.isdir(root):
-        raise DatasetError(f'{root}: dataset folder not found; drop --no-download to let the script download it, or pass '
-                           f'the folder that holds {phase}2014/ and annotations/')
+        raise DatasetError(f'{root}: dataset folder not found; drop --no-download to let the script download '
+                           f'it, or pass the folder that holds {phase}2014/ and annotations/')
     if not os.path.isdir(images):
         raise _missing(root, images, phase)
     if cached:

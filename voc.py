@@ -120,8 +120,8 @@ def read_samples(root, split, download=False):
             raise DatasetError(f'{root}: dataset folder not found; pass the folder that holds VOCdevkit/, '
                                f'or drop --no-download to let the script download it')
         raise DatasetError(f'{missing[0]}: not found; expected the VOC 2007 devkit layout under {root}: extract '
-                           f'{os.path.basename(ARCHIVES[split].urls[0])} there, or drop --no-download to let the script download '
-                           f'it')
+                           f'{os.path.basename(ARCHIVES[split].urls[0])} there, or drop --no-download to let the '
+                           f'script download it')
     cache, digests = cache_file(root, split), source_digests(sources)
     if cache_is_fresh(cache, digests):
         labels = read_labels_csv(cache)

@@ -47,7 +47,8 @@ def test_ema_under_amp(tmp_path):
     engine, _ = run(ToyMSRN(), tmp_path, max_epochs=2, ema_decay=0.9)
     saved = torch.load(tmp_path / 'checkpoint.pth.tar', weights_only=True)
     assert engine.amp and saved['ema'].keys() == saved['state_dict'].keys()
-    assert all(v.dtype == saved['state_dict'][k].dtype and torch.isfinite(v.float()).all() for k, v in saved['ema'].items())
+    assert all(v.dtype == saved['state_dict'][k].dtype and torch.isfinite(v.float()).all()
+               for k, v in saved['ema'].items())
     assert all(json.loads(line)['ema_val_mAP'] >= 0 for line in open(tmp_path / 'log.jsonl'))
 
 
