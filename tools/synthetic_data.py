@@ -31,7 +31,6 @@ import coco  # noqa: E402
 import label_files  # noqa: E402
 import nuswide  # noqa: E402
 import voc  # noqa: E402
-from tools.build_adj import build_adjacency  # noqa: E402
 
 GRID = 3
 PARTNER_PROB = 0.7
@@ -121,7 +120,7 @@ def write_label_files(root, dataset, train_targets, seed=0):
     """Write ``<root>/<ds>_adj.pkl`` from the training targets and random word vectors [C, 300]."""
     graph_file = os.path.join(root, f'{dataset}_adj.pkl')
     word_file = os.path.join(root, f'{dataset}_glove_word2vec.pkl')
-    label_files.save(graph_file, build_adjacency(train_targets))
+    label_files.save(graph_file, label_files.build_adjacency(train_targets))
     vectors = np.random.default_rng(seed + 1).normal(size=(train_targets.shape[1], 300)).astype(np.float32)
     label_files.save(word_file, vectors)
     return {'graph_file': graph_file, 'word_file': word_file}
