@@ -5,8 +5,11 @@
 (``label_files.build_adjacency``). Only a 1 counts as present: VOC's 0 (difficult) counts as absent.
 
     python tools/build_adj.py voc /data/VOC2007 data/voc/voc_adj.pkl [--split trainval]
+    python tools/build_adj.py custom /data/mine mine_adj.npz
 
-Writes a pickle (or ``.npz`` when OUT ends so) that ``label_files.load_adjacency`` reads.
+Writes a pickle (or ``.npz`` when OUT ends so) that ``label_files.load_adjacency`` reads. For
+``custom`` the class order is the loader's (``classes.txt``, else the sorted training labels);
+``demo_custom_gcn.py`` builds the same graph itself when no ``-graph_file`` is given.
 """
 import argparse
 import os
