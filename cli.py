@@ -1,4 +1,4 @@
-"""The command line shared by the four demo scripts: one parser, the builders, and the run.
+"""The command line shared by the demo scripts: one parser, the builders, and the run.
 
 Each ``demo_*_gcn.py`` only passes its ``DATASET`` dict (loader, splits, defaults) to ``main``.
 Defaults that are paths (graph and word files, save folder, ImageNet weights) resolve against the
@@ -22,7 +22,6 @@ PICKLE_WARNING = 'pickles can run code when loaded: pass only files you trust (.
 
 def get_args_parser(dataset):
     """The official flags (same spellings and defaults) plus ours, grouped; ``dataset`` is a DATASET dict."""
-    name = dataset['name']
     parser = argparse.ArgumentParser(
         description=f"Train or evaluate MSRN on {dataset['title']}.",
         epilog='Several GPUs: torchrun --nproc_per_node N %(prog)s ... (see README).')
@@ -31,12 +30,13 @@ def get_args_parser(dataset):
     data.add_argument('--image-size', '-i', default=224, type=int, metavar='N',
                       help='image side in pixels (default: 224; the paper and the released models use 448)')
     data.add_argument('-j', '--workers', default=4, type=int, metavar='N', help='data loading processes (default: 4)')
-    data.add_argument('-graph_file', '--graph-file', default=label_files.default_file(name, 'graph'), metavar='PATH',
-                      help=f'label co-occurrence graph {{adj, nums}} (default: data/{name}/{name}_adj.pkl, '
-                           f'downloaded and checked when missing); {PICKLE_WARNING}')
-    data.add_argument('-word_file', '--word-file', default=label_files.default_file(name, 'word'), metavar='PATH',
-                      help=f'label word vectors [classes, 300] (default: data/{name}/{name}_glove_word2vec.pkl, '
-                           f'downloaded and checked when missing); {PICKLE_WARNING}')
+    files = label_file_defaults(dataset)
+    data.add_argument('-graph_file', '--graph-file', default=files['graph_file'][0], metavar='PATH',
+                      help=f"label co-occurrence graph {{adj, nums}} (default: {files['graph_file'][1]}); "
+                           f"{PICKLE_WARNING}")
+    data.add_argument('-word_file', '--word-file', default=files['word_file'][0], metavar='PATH',
+                      help=f"label word vectors [classes, 300], or a GloVe text file (a class gets the mean of "
+                           f"its words' vectors) (default: {files['word_file'][1]}); {PICKLE_WARNING}")
     for flags, options in dataset.get('flags', {}).items():
         data.add_argument(*flags, **options)
     data.add_argument('--no-download', dest='download', action='store_false',
@@ -89,6 +89,17 @@ def get_args_parser(dataset):
     return parser
 
 
+def label_file_defaults(dataset):
+    """{'graph_file' / 'word_file': (default, its description)}: the official files of the dataset,
+    unless its DATASET dict names others in 'label_files' (None: made from the data, see build_model)."""
+    name = dataset['name']
+    return {'graph_file': (label_files.default_file(name, 'graph'),
+                           f'data/{name}/{name}_adj.pkl, downloaded and checked when missing'),
+            'word_file': (label_files.default_file(name, 'word'),
+                          f'data/{name}/{name}_glove_word2vec.pkl, downloaded and checked when missing'),
+            **dataset.get('label_files', {})}
+
+
 def build_datasets(args, dataset):
     """(train, test) datasets of the DATASET dict from the parsed arguments."""
     options = dict(inp_name=args.word_file, download=args.download, skip_corrupt=args.skip_corrupt,
@@ -96,9 +107,14 @@ def build_datasets(args, dataset):
     return tuple(dataset['loader'](args.data, split, **options) for split in dataset['splits'])
 
 
-def build_model(args, num_classes):
-    """MSRN with the graph of ``-graph_file``; ImageNet trunk weights unless resuming or --pretrained 0."""
-    graph = label_files.load_adjacency(args.graph_file, num_classes, download=args.download)
+def build_model(args, train_set, dataset):
+    """MSRN with the graph of ``-graph_file``, or without one the graph that the DATASET's
+    'build_graph' makes from ``train_set``; ImageNet trunk weights unless resuming or --pretrained 0."""
+    num_classes = train_set.num_classes
+    if args.graph_file is None:
+        graph = dataset['build_graph'](train_set, args.save_dir)
+    else:
+        graph = label_files.load_adjacency(args.graph_file, num_classes, download=args.download)
     model = MSRN(num_classes, args.pool_ratio, args.backbone, graph)
     if args.pretrained and not args.resume:
         path = args.pretrain_model or default_pretrained_path(args.backbone)
@@ -111,7 +127,7 @@ def run(args, dataset):
     """Build everything and train or evaluate; returns the best (or evaluated) mAP."""
     device = init_run(args)
     train_set, test_set = build_datasets(args, dataset)
-    model = build_model(args, train_set.num_classes)
+    model = build_model(args, train_set, dataset)
     engine = build_engine(args, device=device, class_names=train_set.classes)
     try:
         return engine.learning(model, nn.MultiLabelSoftMarginLoss(), train_set, test_set,
