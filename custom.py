@@ -65,9 +65,10 @@ def _csv_path(root, split):
     raise DatasetError(f'{path}: not found; expected {split}.csv with header "{",".join(HEADER)}" in {root} ({HINT})')
 
 
-def _labels(field, path, lineno):
-    """The label names of one CSV field: ``a|b``, ``''`` (none), or ``['a', 'b']``."""
-    if field.lstrip().startswith('['):
+def _labels(field, path, lineno, lists):
+    """The label names of one CSV field: ``a|b``, ``''`` (none), or with ``lists`` (the ASL form)
+    also ``['a', 'b']``."""
+    if lists and field.lstrip().startswith('['):
         names = nuswide.parse_label_list(field)
         if names is None:
             raise DatasetError(f'{path}:{lineno}: labels {field!r} are not a list like [\'a\', \'b\'] nor a|b')
@@ -104,7 +105,7 @@ def read_rows(root, split):
                                f'give each image one row with all its labels')
         seen[key] = lineno
         if header == HEADER or row[2].strip() == split:
-            entries.append((lineno, row[0].strip(), _labels(row[1], path, lineno)))
+            entries.append((lineno, row[0].strip(), _labels(row[1], path, lineno, header == SINGLE_HEADER)))
     return path, entries
 
 
