@@ -96,6 +96,13 @@ def test_names_are_stripped_and_nfc_normalised_bom_and_header_case_accepted(synt
     assert val.targets.tolist() == [[-1, 1, 1, -1, -1, -1], [-1] * 6]
 
 
+def test_a_class_name_may_start_with_a_bracket(synthetic, tmp_path):
+    """['a', 'b'] lists are read only in the one-CSV (ASL) form."""
+    _, root = copy_data(synthetic, tmp_path)
+    edit_line(root / 'train.csv', 2, 'images/train/0000.jpg,[misc]|dog')
+    assert custom.CustomClassification(str(root), 'train').classes == ['[misc]'] + SORTED
+
+
 def test_single_csv_form_matches_the_nuswide_loader(synthetic):
     """The ASL/NUS-WIDE form (one CSV: filepath,label,split_name with ['a', 'b'] labels)."""
     import nuswide
