@@ -20,6 +20,7 @@ from tests.test_demo import assert_one_line_error, run_script
 from tools import build_adj, build_word2vec, synthetic_data
 
 CLASSES = synthetic_data.CUSTOM_CLASSES
+SMALL = dict(n_train=24, n_val=12)  # for the training runs: a 1-epoch run only has to work
 SORTED = sorted(CLASSES)
 # GloVe words of the synthetic classes, 'umbrella' left out so that one class has no vector
 GLOVE_WORDS = ['traffic', 'light', 'café', 'dog', 'bicycle', 'tree', 'the', 'of']
@@ -302,7 +303,7 @@ def run_demo(argv):
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory, synthetic):
     """One epoch on the synthetic custom data, with no graph or word file."""
-    info = synthetic('custom')
+    info = synthetic('custom', **SMALL)
     label_files._text_or_fallback_vectors.cache_clear()
     save = tmp_path_factory.mktemp('custom_run') / 'out'
     code, out = run_demo(custom_argv(info['root'], save))
@@ -313,7 +314,7 @@ def trained(tmp_path_factory, synthetic):
 @pytest.fixture(scope='module')
 def glove_trained(tmp_path_factory, synthetic):
     """The same with -word_file pointing at a GloVe text file."""
-    info = synthetic('custom')
+    info = synthetic('custom', **SMALL)
     label_files._text_or_fallback_vectors.cache_clear()
     root = tmp_path_factory.mktemp('custom_glove_run')
     path, _ = write_glove(root / 'glove.6B.300d.txt')
