@@ -74,16 +74,30 @@ def add_model_arguments(group, pool_ratio=None):
                        help=f"trunk: {', '.join(RESNET_LAYOUTS)} (default: the checkpoint's, else resnet101)")
 
 
-def add_label_file_arguments(group, graph_default=None, word_default=None):
-    """-graph_file, -word_file (None: the dataset's official file) and --no-download."""
-    group.add_argument('-graph_file', '--graph-file', default=graph_default, metavar='PATH',
+def add_label_file_arguments(group, files=None):
+    """-graph_file, -word_file and --no-download; ``files``: ``label_file_defaults`` of a DATASET
+    dict (None: no default file, e.g. predict.py, which takes the checkpoint's)."""
+    files = files or {kind: (None, "the dataset's file under data/") for kind in ('graph_file', 'word_file')}
+    group.add_argument('-graph_file', '--graph-file', default=files['graph_file'][0], metavar='PATH',
                        help=f"label co-occurrence graph {{adj, nums}} (default: the checkpoint's, else "
-                            f'{_shown(graph_default)}); {PICKLE_WARNING}')
-    group.add_argument('-word_file', '--word-file', default=word_default, metavar='PATH',
-                       help=f"label word vectors [classes, 300], or a GloVe text file (default: the checkpoint's, "
-                            f'else {_shown(word_default)}); {PICKLE_WARNING}')
+                            f"{files['graph_file'][1]}); {PICKLE_WARNING}")
+    group.add_argument('-word_file', '--word-file', default=files['word_file'][0], metavar='PATH',
+                       help=f"label word vectors [classes, 300], or a GloVe text file (a class gets the mean of "
+                            f"its words' vectors) (default: the checkpoint's, else {files['word_file'][1]}); "
+                            f'{PICKLE_WARNING}')
     group.add_argument('--no-download', dest='download', action='store_false',
                        help='never download: a missing dataset or data file is an error')
+
+
+def label_file_defaults(dataset):
+    """{'graph_file' / 'word_file': (default, its description)}: the official files of the dataset,
+    unless its DATASET dict names others in 'label_files' (None: made from the data)."""
+    name = dataset['name']
+    official = 'downloaded and checked when missing'
+    return {'graph_file': (label_files.default_file(name, 'graph'), f'data/{name}/{name}_adj.pkl, {official}'),
+            'word_file': (label_files.default_file(name, 'word'),
+                          f'data/{name}/{name}_glove_word2vec.pkl, {official}'),
+            **dataset.get('label_files', {})}
 
 
 def add_device_argument(group):
@@ -91,14 +105,8 @@ def add_device_argument(group):
                        help='auto: CUDA when available (default)')
 
 
-def _shown(path):
-    where = os.path.relpath(path, REPO_DIR) if path else "the dataset's file under data/"
-    return f'{where}, downloaded and checked when missing'
-
-
 def get_args_parser(dataset):
     """The official flags (same spellings and defaults as the official script) plus ours, grouped."""
-    name = dataset['name']
     parser = ArgumentParser(
         description=f"Train or evaluate MSRN on {dataset['title']}.",
         epilog='Several GPUs: torchrun --nproc_per_node N %(prog)s ... (see README).')
@@ -112,8 +120,7 @@ def get_args_parser(dataset):
     data.add_argument('-j', '--workers', default=workers, type=int, metavar='N',
                       help=f"data loading processes (default: {workers}: the official {dataset.get('workers', 4)}, "
                            'at most the CPU count)')
-    add_label_file_arguments(data, *(dataset.get(key, label_files.default_file(name, kind))
-                                     for key, kind in (('graph_file', 'graph'), ('word_file', 'word'))))
+    add_label_file_arguments(data, label_file_defaults(dataset))
     for flags, options in dataset.get('flags', {}).items():
         data.add_argument(*flags, **options)
     data.add_argument('--skip-corrupt', action='store_true',
@@ -245,13 +252,19 @@ def word_vectors_input(args, given, settings):
     return settings['word_vectors'] if 'word_file' not in given and 'word_vectors' in settings else args.word_file
 
 
-def label_graph_input(args, given, settings, dataset_name, num_classes):
-    """The label graph {adj, nums}: -graph_file if given, else the checkpoint's, else the
-    dataset's default file (downloaded when missing)."""
+def label_graph_input(args, given, settings, dataset, train_set=None, num_classes=None):
+    """The label graph {adj, nums}: -graph_file if given, else the checkpoint's, else the dataset's
+    default file (downloaded when missing), or for a dataset without one (your own data) the graph
+    that its 'build_graph' makes from ``train_set``."""
     _announce_replaced(given, settings, 'graph_file', 'graph')
     if 'graph_file' not in given and 'graph' in settings:
         return settings['graph']
-    return label_files.load_adjacency(args.graph_file or label_files.default_file(dataset_name, 'graph'),
+    if args.graph_file is None and 'build_graph' in dataset:
+        if train_set is None:
+            raise UsageError('-e needs the label graph: pass -graph_file, or --resume a checkpoint of ours (it '
+                             'holds the graph)')
+        return dataset['build_graph'](train_set, args.save_dir)
+    return label_files.load_adjacency(args.graph_file or label_files.default_file(dataset['name'], 'graph'),
                                       num_classes, download=args.download)
 
 
@@ -276,10 +289,13 @@ def _git_commit():
         return 'unknown'
 
 
-def build_datasets(args, dataset, word_vectors):
-    """(train, test) datasets of the DATASET dict; train is None with ``-e`` (never read then)."""
+def build_datasets(args, dataset, word_vectors, classes=None):
+    """(train, test) datasets of the DATASET dict; train is None with ``-e`` (never read then).
+    ``classes``: the class names for a loader whose classes come from the data (a checkpoint's)."""
     options = dict(inp_name=word_vectors, download=args.download, skip_corrupt=args.skip_corrupt,
                    **{key: getattr(args, key) for key in dataset.get('loader_args', ())})
+    if classes is not None:
+        options['classes'] = classes
     train_split, test_split = dataset['splits']
     test = dataset['loader'](args.data, test_split, **options)
     train = None if args.evaluate else dataset['loader'](args.data, train_split, **options)
@@ -355,13 +371,14 @@ def run(args, given, dataset):
     device = init_run(args)
     if args.amp and device.type != 'cuda':
         raise UsageError('--amp (float16 autocast) needs CUDA; leave it out on the CPU')
-    classes = dataset['classes']
-    if 'classes' in settings and settings['classes'] != list(classes):
-        raise CheckpointError(f"{args.resume}: the checkpoint's {len(settings['classes'])} classes "
-                              f"({', '.join(settings['classes'][:3])}, ...) are not this dataset's; "
-                              'use the demo script of its dataset')
-    train_set, test_set = build_datasets(args, dataset, word_vectors_input(args, given, settings))
-    graph = label_graph_input(args, given, settings, dataset['name'], len(classes))
+    fixed, stored = dataset.get('classes'), settings.get('classes')   # fixed: None for your own data
+    if fixed is not None and stored is not None and stored != list(fixed):
+        raise CheckpointError(f"{args.resume}: the checkpoint's {len(stored)} classes ({', '.join(stored[:3])}, "
+                              "...) are not this dataset's; use the demo script of its dataset")
+    train_set, test_set = build_datasets(args, dataset, word_vectors_input(args, given, settings),
+                                         classes=stored if fixed is None else None)
+    classes = test_set.classes
+    graph = label_graph_input(args, given, settings, dataset, train_set, len(classes))
     model = build_model(args, len(classes), graph, finetune)
     stored_args = dict(vars(args), data=os.path.abspath(args.data), save_dir=os.path.abspath(args.save_dir))
     run_settings = ckpt.settings_entries(args=stored_args, classes=classes, graph=graph,

@@ -88,16 +88,22 @@ def write_cache(path, write, digests, **open_kwargs):
         print(f'[dataset] cannot write the cache {path} ({e}); the labels will be parsed again next time')
 
 
-def check_present(paths, source):
-    """Raise DatasetError naming the first of ``paths`` that does not exist (one listing per folder)."""
+def missing_paths(paths):
+    """The indices of ``paths`` that do not exist; one listing per folder, not one stat per file."""
     listed = {}
     missing = []
-    for path in paths:
+    for i, path in enumerate(paths):
         folder, name = os.path.split(path)
         if folder not in listed:
             listed[folder] = set(os.listdir(folder)) if os.path.isdir(folder) else set()
         if name not in listed[folder]:
-            missing.append(path)
+            missing.append(i)
+    return missing
+
+
+def check_present(paths, source):
+    """Raise DatasetError naming the first of ``paths`` that does not exist."""
+    missing = [paths[i] for i in missing_paths(paths)]
     if missing:
         raise DatasetError(f'{missing[0]}: image listed in {source} not found ({len(missing)} of {len(paths)} '
                            f'listed images are missing); check the dataset root, or download/extract the images again')
@@ -108,10 +114,14 @@ class MultiLabelDataset(data.Dataset):
     name a string, word_vectors the float32 tensor [C, 300] shared by every item, target a float32
     tensor [C] (1 positive, -1 negative, 0 difficult) after ``target_transform``.
 
+    The word vectors come from ``inp_name``: the vectors [C, 300] themselves (e.g. a checkpoint's),
+    or a word-vector or GloVe text file (see :func:`label_files.class_word_vectors`), by default
+    the official file of ``dataset``; a dataset without official files (``dataset=None``) falls
+    back to vectors made from the class names.
+
     ``transform`` and ``target_transform`` are public: the engine sets them after construction.
     With ``skip_corrupt`` every image is decoded once here and unreadable ones are left out and
-    reported; without it an unreadable image raises DatasetError when it is loaded. ``inp_name``:
-    the word-vector file (None: the dataset's default file), or the vectors [C, 300] themselves.
+    reported; without it an unreadable image raises DatasetError when it is loaded.
     """
 
     def __init__(self, samples, classes, *, dataset, source, description, inp_name=None, transform=None,
@@ -120,10 +130,11 @@ class MultiLabelDataset(data.Dataset):
             raise DatasetError(f'{source}: no images in {description}; check the split name and the file')
         self.classes = list(classes)
         self.num_classes = len(self.classes)
-        given = isinstance(inp_name, np.ndarray)
-        self.inp_name = None if given else inp_name or label_files.default_file(dataset, 'word')  # the file read
-        self.inp = torch.from_numpy(self._check_word_vectors(inp_name) if given else label_files.load_word_vectors(
-            self.inp_name, self.num_classes, download=download))
+        if isinstance(inp_name, np.ndarray):
+            self.inp_name, self.inp = None, torch.from_numpy(self._check_word_vectors(inp_name))
+        else:  # the file read, if any
+            self.inp_name = inp_name or (label_files.default_file(dataset, 'word') if dataset else None)
+            self.inp = torch.from_numpy(label_files.class_word_vectors(self.inp_name, self.classes, download=download))
         check_present([path for path, _, _ in samples], source)
         self.skipped = self._unreadable_samples(samples, source) if skip_corrupt else []
         if self.skipped:

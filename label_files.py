@@ -1,9 +1,11 @@
-"""Read and check the label-graph, word-vector and image-label files that MSRN needs.
+"""Read, check and make the label-graph, word-vector and image-label files that MSRN needs.
 
 Formats (the official ones, see README "Datasets"):
 - graph file: pickle of ``{'adj': C×C co-occurrence counts, 'nums': C per-class counts}``,
-  or ``.npz`` with arrays ``adj`` and ``nums``.
-- word file: pickle of a C×300 array (or a list of C lists), or ``.npy`` / ``.npz`` (one array).
+  or ``.npz`` with arrays ``adj`` and ``nums``; :func:`build_adjacency` makes one from labels.
+- word file: pickle of a C×300 array (or a list of C lists), or ``.npy`` / ``.npz`` (one array);
+  or a GloVe text file (``word v1 ... v300`` per line), from which :func:`class_word_vectors`
+  takes the class names' words. Without a word file, :func:`fallback_word_vectors`.
 - Apparel ``image_label.pkl``: dict image file name -> C ints, 0 = present, -1 = absent.
 
 Pickles are read with an unpickler that only admits plain containers and numpy arrays, so a
@@ -12,6 +14,8 @@ tampered file cannot run code; still, only use files from sources you trust.
 The official files live under ``data/<dataset>/``; when one of them is missing it is downloaded
 from the official repository and checked against the sha256 pinned below.
 """
+import functools
+import hashlib
 import io
 import os
 import pickle
@@ -170,3 +174,113 @@ def load_image_labels(path, num_classes, download=True):
                                  f'or -1 (absent) as in the official image_label.pkl')
         labels[name] = np.where(target == 0, 1, -1).astype(np.float32)
     return labels
+
+
+def build_adjacency(targets):
+    """targets [N, C] in {1, 0, -1} -> {'adj': int64 [C, C], 'nums': int64 [C]}, as ML-GCN counted:
+    adj[i, j] = images with labels i and j both present (diagonal 0), nums[i] = images with label i.
+    Only 1 counts as present: VOC's 0 (difficult) counts as absent."""
+    present = (np.asarray(targets) == 1).astype(np.int64)  # (N, C)
+    adj = present.T @ present  # (C, C)
+    np.fill_diagonal(adj, 0)
+    return {'adj': adj, 'nums': present.sum(0)}
+
+
+# VOC writes these class names as one word; GloVe knows their words apart
+JOINED_NAMES = {'diningtable': 'dining table', 'pottedplant': 'potted plant', 'tvmonitor': 'tv monitor'}
+
+
+def class_words(name):
+    """The GloVe words of a class name: split on spaces, ``_`` and ``-``, lower-cased (GloVe 6B's
+    vocabulary is lower case; ``lower`` rather than ``casefold``, which would turn ß into ss)."""
+    return JOINED_NAMES.get(name, name).lower().replace('_', ' ').replace('-', ' ').split()
+
+
+def read_glove(path, words, dim=300):
+    """Return {word: float32 [dim]} for those of ``words`` found in the GloVe text file ``path``."""
+    found = {}
+    with open(path, 'rb') as f:
+        for lineno, line in enumerate(f, 1):
+            word, _, rest = line.partition(b' ')
+            try:
+                word = word.decode('utf-8')
+            except UnicodeDecodeError as e:
+                raise LabelFileError(f'{path}:{lineno}: not UTF-8 text ({e.reason}); expected a GloVe text file '
+                                     f'("<word> <{dim} numbers>" per line)') from None
+            if word in words and word not in found:  # GloVe lists a word once; keep the first anyway
+                try:
+                    vector = np.array(rest.split(), np.float32)
+                except ValueError:
+                    vector = None
+                if vector is None or vector.shape != (dim,):
+                    raise LabelFileError(f'{path}:{lineno}: expected "<word> <{dim} numbers>" for {word!r}, found '
+                                         f'{"non-numbers" if vector is None else f"{vector.size} numbers"}')
+                found[word] = vector
+    return found
+
+
+def fallback_word_vectors(classes, dim=300):
+    """float32 [C, dim]: a fixed random unit vector per class, seeded by the sha256 of its name, so
+    a class keeps its vector whatever the other classes and their order (bench/fallback_words.py
+    measured the choice, see bench/RESULTS.md)."""
+    vectors = []
+    for name in classes:
+        seed = int.from_bytes(hashlib.sha256(name.encode('utf-8')).digest()[:8], 'little')
+        v = np.random.default_rng(seed).standard_normal(dim)
+        vectors.append(v / np.linalg.norm(v))
+    return np.array(vectors, np.float32).reshape(len(classes), dim)
+
+
+def glove_word_vectors(classes, path, dim=300):
+    """Return (float32 [C, dim], missing words, classes without vectors): each class the mean of
+    the vectors of its words found in the GloVe text file ``path``; a class none of whose words is
+    found gets its fallback vector, scaled to the others' mean norm so that it does not stand out."""
+    words = [class_words(name) for name in classes]
+    glove = read_glove(path, {w for ws in words for w in ws}, dim)
+    vectors = fallback_word_vectors(classes, dim)
+    known = [i for i, ws in enumerate(words) if any(w in glove for w in ws)]
+    for i in known:
+        vectors[i] = np.mean([glove[w] for w in words[i] if w in glove], axis=0)
+    blind = [i for i in range(len(classes)) if i not in known]
+    if known and blind:
+        vectors[blind] *= np.linalg.norm(vectors[known], axis=1).mean()
+    missing = sorted({w for ws in words for w in ws} - set(glove))
+    return vectors, missing, [classes[i] for i in blind]
+
+
+def is_glove_text(path):
+    """Whether ``path`` is a text file rather than a pickle (protocol >= 2, as the official
+    files), .npy or .npz."""
+    if os.path.splitext(path)[1].lower() in ('.npy', '.npz', '.pkl', '.pickle'):
+        return False
+    with open(path, 'rb') as f:
+        return f.read(1) not in (b'\x80', b'')
+
+
+@functools.lru_cache(maxsize=4)
+def _text_or_fallback_vectors(path, stamp, classes, dim):
+    """Cached by file stamp: a loader's two splits read a GloVe file (1 GB for 6B.300d) and say
+    what is missing once."""
+    if path is None:
+        print(f'[words] no word file: each class gets a fixed random unit vector seeded by its name '
+              f'(README "Your own data"); pass -word_file glove.6B.300d.txt for GloVe vectors')
+        return fallback_word_vectors(classes, dim)
+    vectors, missing, blind = glove_word_vectors(classes, path, dim)
+    print(f'[words] {len(classes)} class vectors from the GloVe text file {path}'
+          + (f'; no vector for {", ".join(map(repr, missing))}' if missing else '')
+          + (f'; {", ".join(map(repr, blind))} got the fallback vector (no word found)' if blind else ''))
+    return vectors
+
+
+def class_word_vectors(path, classes, dim=300, download=True):
+    """Word vectors float32 [C, dim] of ``classes`` from ``path``: a word-vector file, a GloVe text
+    file (:func:`glove_word_vectors`), or None for :func:`fallback_word_vectors`. Prints one line
+    saying which, unless it is a word-vector file."""
+    classes = tuple(classes)
+    if path is not None:
+        path = ensure_file(os.fspath(path), download)
+        if not is_glove_text(path):
+            return load_word_vectors(path, len(classes), dim, download)
+        stat = os.stat(path)
+        return _text_or_fallback_vectors(path, (stat.st_mtime_ns, stat.st_size), classes, dim).copy()
+    return _text_or_fallback_vectors(None, None, classes, dim).copy()

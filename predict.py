@@ -74,7 +74,7 @@ def build_model(args, given, checkpoint):
     name = dataset['name'] if dataset else None
     if args.pool_ratio is None:
         args.pool_ratio = dataset['pool_ratio']
-    graph = cli.label_graph_input(args, given, settings, name, len(classes))
+    graph = cli.label_graph_input(args, given, settings, dataset or {'name': None}, num_classes=len(classes))
     words = cli.word_vectors_input(args, given, settings)
     if not isinstance(words, np.ndarray):  # a file: given, or the dataset's
         words = label_files.load_word_vectors(words or label_files.default_file(name, 'word'), len(classes),

@@ -11,7 +11,7 @@ from sklearn.metrics import average_precision_score
 
 import voc
 from errors import DatasetError
-from label_files import load_adjacency, load_word_vectors
+from label_files import build_adjacency, class_words, glove_word_vectors, load_adjacency, load_word_vectors
 from tools import build_adj, build_word2vec, synthetic_data
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -22,7 +22,7 @@ def test_build_adjacency_counts_only_present_labels():
                         [1, 0, 1],   # 0 = difficult: not present
                         [-1, 1, 1],
                         [1, 1, 1]])
-    graph = build_adj.build_adjacency(targets)
+    graph = build_adjacency(targets)
     assert graph['adj'].tolist() == [[0, 2, 2], [2, 0, 2], [2, 2, 0]]
     assert graph['nums'].tolist() == [3, 3, 3] and graph['adj'].dtype == np.int64
 
@@ -52,7 +52,7 @@ def test_build_adj_main_for_each_dataset(synthetic, tmp_path):
 
 @pytest.fixture
 def glove(tmp_path):
-    words = sorted({w for name in voc.CLASSES for w in build_word2vec.class_words(name)} | {'the', 'of'})
+    words = sorted({w for name in voc.CLASSES for w in class_words(name)} | {'the', 'of'})
     rng = np.random.default_rng(0)
     vectors = {w: rng.normal(size=300).astype(np.float32) for w in words}
     path = tmp_path / 'glove.txt'
@@ -69,12 +69,12 @@ def test_build_word2vec_averages_multi_word_names(glove, tmp_path):
     assert np.allclose(loaded[voc.CLASSES.index('diningtable')], (vectors['dining'] + vectors['table']) / 2, atol=1e-6)
 
 
-def test_build_word2vec_errors(glove, tmp_path):
-    path, vectors = glove
-    with pytest.raises(DatasetError, match='no vector for a, b$'):
-        build_word2vec.build_word_vectors(['a b', 'tv', 'cat'], path)
-    with pytest.raises(DatasetError, match="vector of 'cat' has 300 numbers, expected 50"):
-        build_word2vec.build_word_vectors(['cat'], path, dim=50)
+def test_glove_word_vectors_report_missing_words_and_check_the_length(glove):
+    path, _ = glove
+    _, missing, blind = glove_word_vectors(['a b', 'tv', 'cat a'], path)
+    assert (missing, blind) == (['a', 'b'], ['a b'])
+    with pytest.raises(DatasetError, match="expected \"<word> <50 numbers>\" for 'cat', found 300 numbers"):
+        glove_word_vectors(['cat'], path, dim=50)
 
 
 def test_synthetic_data_is_deterministic(tmp_path):

@@ -1,12 +1,15 @@
 """Rebuild a label-graph file ``{'adj', 'nums'}`` from a dataset's training labels, as ML-GCN did.
 
 ``adj[i, j]`` = number of training images in which labels i and j are both present (diagonal 0),
-``nums[i]`` = number of training images in which label i is present, both int64. Only a 1
-counts as present: VOC's 0 (difficult) counts as absent.
+``nums[i]`` = number of training images in which label i is present, both int64
+(``label_files.build_adjacency``). Only a 1 counts as present: VOC's 0 (difficult) counts as absent.
 
     python tools/build_adj.py voc /data/VOC2007 data/voc/voc_adj.pkl [--split trainval]
+    python tools/build_adj.py custom /data/mine mine_adj.npz
 
-Writes a pickle (or ``.npz`` when OUT ends so) that ``label_files.load_adjacency`` reads.
+Writes a pickle (or ``.npz`` when OUT ends so) that ``label_files.load_adjacency`` reads. For
+``custom`` the class order is the loader's (``classes.txt``, else the sorted training labels);
+``demo_custom_gcn.py`` builds the same graph itself when no ``-graph_file`` is given.
 """
 import argparse
 import os
@@ -22,14 +25,6 @@ from errors import DatasetError  # noqa: E402
 from tools import TRAIN_SPLIT, dataset_module  # noqa: E402
 
 
-def build_adjacency(targets):
-    """targets [N, C] in {1, 0, -1} -> {'adj': int64 [C, C], 'nums': int64 [C]}."""
-    present = (np.asarray(targets) == 1).astype(np.int64)  # (N, C)
-    adj = present.T @ present  # (C, C)
-    np.fill_diagonal(adj, 0)
-    return {'adj': adj, 'nums': present.sum(0)}
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('dataset', choices=sorted(TRAIN_SPLIT), help='dataset loader to read the labels with')
@@ -40,7 +35,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     options = {'image_label': args.image_label} if args.dataset == 'apparel' else {}
     samples = dataset_module(args.dataset).read_samples(args.root, args.split or TRAIN_SPLIT[args.dataset], **options)
-    graph = build_adjacency(np.stack([target for _, _, target in samples]))
+    graph = label_files.build_adjacency(np.stack([target for _, _, target in samples]))
     label_files.save(args.out, graph)
     print(f'wrote {args.out}: {len(samples)} images, {len(graph["nums"])} classes, '
           f'{int(graph["adj"].sum()) // 2} co-occurring label pairs')

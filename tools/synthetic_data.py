@@ -1,4 +1,5 @@
-"""Write small, learnable synthetic datasets in the four real layouts, for tests and a first run.
+"""Write small, learnable synthetic datasets in the four real layouts and the custom one (README
+"Your own data"), for tests and a first run.
 
 Class c of C is drawn as one shape with its own look: hue c/C around the colour wheel (odd
 classes darker) and one of nine shapes (c mod 9), in a random cell of a 3×3 grid on a noisy grey
@@ -8,9 +9,11 @@ draws one garment shape in its named colour. Everything is deterministic given `
 
 Each ``write_*`` returns a dict with the paths a loader needs; with ``with_label_files`` it also
 writes ``<root>/<ds>_adj.pkl`` (``tools/build_adj.py`` on the training labels) and
-``<root>/<ds>_glove_word2vec.pkl`` (random unit-scale vectors), so nothing is downloaded.
+``<root>/<ds>_glove_word2vec.pkl`` (random unit-scale vectors), so nothing is downloaded. The
+custom layout needs neither: the demo script makes them.
 
     python tools/synthetic_data.py voc /tmp/synthetic_voc --image-size 64
+    python tools/synthetic_data.py custom /tmp/my_data
 """
 import argparse
 import colorsys
@@ -28,16 +31,18 @@ if __package__ in (None, ''):  # run as a script: make the repo's modules import
 
 import apparel  # noqa: E402
 import coco  # noqa: E402
+import custom  # noqa: E402
 import label_files  # noqa: E402
 import nuswide  # noqa: E402
 import voc  # noqa: E402
-from tools.build_adj import build_adjacency  # noqa: E402
 
 GRID = 3
 PARTNER_PROB = 0.7
 APPAREL_RGB = {'black': (25, 25, 25), 'blue': (30, 60, 200), 'brown': (120, 70, 30), 'green': (30, 150, 50),
                'red': (210, 30, 30), 'white': (250, 250, 250)}
 GARMENT_SHAPE = {'dress': 2, 'pants': 5, 'shirt': 6, 'shoes': 4, 'shorts': 1}
+# the custom layout's classes: names with a space and a non-ASCII letter, not in sorted order
+CUSTOM_CLASSES = ['traffic light', 'café', 'dog', 'bicycle', 'tree', 'umbrella']
 # the 24 folders of the Kaggle apparel dataset
 APPAREL_FOLDERS = ['black_dress', 'black_pants', 'black_shirt', 'black_shoes', 'black_shorts', 'blue_dress',
                    'blue_pants', 'blue_shirt', 'blue_shoes', 'blue_shorts', 'brown_pants', 'brown_shoes',
@@ -121,7 +126,7 @@ def write_label_files(root, dataset, train_targets, seed=0):
     """Write ``<root>/<ds>_adj.pkl`` from the training targets and random word vectors [C, 300]."""
     graph_file = os.path.join(root, f'{dataset}_adj.pkl')
     word_file = os.path.join(root, f'{dataset}_glove_word2vec.pkl')
-    label_files.save(graph_file, build_adjacency(train_targets))
+    label_files.save(graph_file, label_files.build_adjacency(train_targets))
     vectors = np.random.default_rng(seed + 1).normal(size=(train_targets.shape[1], 300)).astype(np.float32)
     label_files.save(word_file, vectors)
     return {'graph_file': graph_file, 'word_file': word_file}
@@ -256,7 +261,39 @@ def write_apparel(root, n_per_folder=4, image_size=64, seed=0, with_label_files=
     return _finish(root, 'apparel', train_targets, seed, with_label_files, **info)
 
 
-WRITERS = {'voc': write_voc, 'coco': write_coco, 'nuswide': write_nuswide, 'apparel': write_apparel}
+def write_custom(root, n_train=60, n_val=30, image_size=64, seed=0, classes=CUSTOM_CLASSES, empty_prob=0.05,
+                 classes_txt=False):
+    """The custom layout: ``train.csv`` and ``val.csv`` (``filepath,labels``, labels joined by ``|``,
+    some empty) listing ``images/<split>/<n>.jpg``; with ``classes_txt`` also ``classes.txt`` in
+    the order of ``classes``. Targets are in that order too (the loader's order without
+    ``classes.txt`` is the sorted one: ``info['sorted_classes']``)."""
+    rng = np.random.default_rng(seed)
+    num_classes = len(classes)
+    os.makedirs(root, exist_ok=True)
+    targets = {}
+    for split, count in (('train', n_train), ('val', n_val)):
+        rows, split_targets = [], []
+        for i in range(count):
+            labels = [] if rng.random() < empty_prob else sample_labels(rng, num_classes)
+            path = f'images/{split}/{i:04d}.jpg'
+            save_jpeg(render(rng, [(c, False) for c in labels], num_classes, image_size), os.path.join(root, path))
+            rows.append([path, custom.SEPARATOR.join(classes[c] for c in labels)])
+            target = np.full(num_classes, -1, np.int8)
+            target[labels] = 1
+            split_targets.append(target)
+        with open(os.path.join(root, f'{split}.csv'), 'w', newline='', encoding='utf-8') as f:
+            writer = csv.writer(f)
+            writer.writerow(custom.HEADER)
+            writer.writerows(rows)
+        targets[split] = np.stack(split_targets)
+    if classes_txt:
+        with open(os.path.join(root, custom.CLASSES_NAME), 'w', encoding='utf-8') as f:
+            f.writelines(f'{name}\n' for name in classes)
+    return {'root': root, 'classes': list(classes), 'sorted_classes': sorted(classes), 'targets': targets}
+
+
+WRITERS = {'voc': write_voc, 'coco': write_coco, 'nuswide': write_nuswide, 'apparel': write_apparel,
+           'custom': write_custom}
 
 
 def main(argv=None):
