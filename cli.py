@@ -297,9 +297,8 @@ def build_datasets(args, dataset, word_vectors, classes=None):
     if classes is not None:
         options['classes'] = classes
     train_split, test_split = dataset['splits']
-    test = dataset['loader'](args.data, test_split, **options)
     train = None if args.evaluate else dataset['loader'](args.data, train_split, **options)
-    return train, test
+    return train, dataset['loader'](args.data, test_split, **options)
 
 
 def build_model(args, num_classes, graph, finetune=None):

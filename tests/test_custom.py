@@ -324,9 +324,9 @@ def glove_trained(tmp_path_factory, synthetic):
 
 
 def evaluate_argv(info, save, out_dir):
-    """-e --resume with no data flags: only the folder and run options."""
-    return [info['root'], '-e', '--resume', save / 'model_best.pth.tar', '--backbone', 'resnet18', '--image-size',
-            '64', '-j', '0', '--device', 'cpu', '--save-dir', out_dir]
+    """-e --resume with no data or model flags: only the folder and run options."""
+    return [info['root'], '-e', '--resume', save / 'model_best.pth.tar', '-j', '0', '--device', 'cpu',
+            '--save-dir', out_dir]
 
 
 @pytest.mark.slow
@@ -347,19 +347,18 @@ def test_evaluate_with_no_data_flags(trained, tmp_path):
     info, save, _ = trained
     code, out = run_demo(evaluate_argv(info, save, tmp_path))
     assert code == 0, out
-    evaluated = json.loads((tmp_path / 'eval.json').read_text())
+    evaluated = json.loads((tmp_path / 'eval_model_best.json').read_text())
     trained_record = json.loads((save / 'eval_epoch001.json').read_text())
     assert [row['class'] for row in evaluated['per_class_ap']] == SORTED
     assert evaluated['mAP'] == pytest.approx(trained_record['mAP'], abs=1e-6)
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason='needs checkpoint metadata (issue 8)', strict=False)
 def test_predict_names_the_custom_classes(trained, capsys):
     info, save, _ = trained
     image = f"{info['root']}/images/val/0000.jpg"
-    assert predict.main([image, '--resume', str(save / 'model_best.pth.tar'), '--image-size', '64', '--threshold',
-                         '0', '--top-k', '6', '--device', 'cpu', '--no-download']) == 0
+    assert predict.main([image, '--resume', str(save / 'model_best.pth.tar'), '--threshold', '0', '--top-k', '6',
+                         '--device', 'cpu', '--no-download']) == 0
     shown = [line[2:].rsplit(' ', 1)[0].strip() for line in capsys.readouterr().out.splitlines()
              if line.startswith('  ')]
     assert sorted(shown) == SORTED
@@ -374,14 +373,14 @@ def test_training_with_a_glove_text_file(glove_trained):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason='needs checkpoint metadata (issue 8)', strict=False)
 def test_glove_run_evaluates_with_its_own_vectors(glove_trained, tmp_path):
-    """-e --resume without -word_file must use the vectors the model was trained with."""
+    """-e --resume without -word_file (nor even the dataset folder) uses the vectors the model was
+    trained with: the checkpoint's."""
     info, save, _, _ = glove_trained
-    code, out = run_demo(evaluate_argv(info, save, tmp_path))
+    code, out = run_demo(evaluate_argv(info, save, tmp_path)[1:])
     assert code == 0, out
     trained_ap = [row['ap'] for row in json.loads((save / 'eval_epoch001.json').read_text())['per_class_ap']]
-    evaluated_ap = [row['ap'] for row in json.loads((tmp_path / 'eval.json').read_text())['per_class_ap']]
+    evaluated_ap = [row['ap'] for row in json.loads((tmp_path / 'eval_model_best.json').read_text())['per_class_ap']]
     assert evaluated_ap == pytest.approx(trained_ap, abs=1e-6)
 
 
