@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
+from attention import ATTENTIONS
 from errors import UsageError
 from label_files import load_adjacency
 
@@ -153,97 +154,17 @@ class GroupEmbed(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------
-# Label-guided attention
-
-CHUNK_ELEMENTS = {'cpu': 1 << 20}   # work tensor size per step: fits the CPU's L2 cache
-DEFAULT_CHUNK_ELEMENTS = 1 << 24    # accelerators: 64 MB steps, few kernel launches
-EXP_FLOOR = -80.0
-
-
-def _chunks(batch, nodes, per_item, device_type):
-    """Yield (batch slice, node slice) pairs whose work tensors hold about the budget of elements."""
-    budget = CHUNK_ELEMENTS.get(device_type, DEFAULT_CHUNK_ELEMENTS)
-    b_step = max(1, min(batch, budget // max(1, per_item * nodes)))
-    n_step = max(1, min(nodes, budget // max(1, per_item * b_step)))
-    for b in range(0, batch, b_step):
-        for n in range(0, nodes, n_step):
-            yield slice(b, b + b_step), slice(n, n + n_step)
-
-
-def _attention_weights(xt, lt, xmax, xmin):
-    """Unnormalised exp(l·x_p − max_p l·x_p): xt (b, D, P), lt (D, n) -> (b, D, n, P)."""
-    lt = lt.unsqueeze(0)                                                # (1, D, n)
-    shift = torch.where(lt >= 0, lt * xmax.unsqueeze(-1), lt * xmin.unsqueeze(-1))   # (b, D, n)
-    logits = torch.addcmul(-shift.unsqueeze(-1), xt.unsqueeze(2), lt.unsqueeze(-1))  # (b, D, n, P)
-    # exp is several times slower where its result underflows; e^-80 (1e-35) is already far
-    # below float32 resolution next to the largest weight, which is 1
-    return logits.clamp_min_(EXP_FLOOR).exp_()
-
-
-class _LeanAttention(torch.autograd.Function):
-    """V[b,n,d] = Σ_p α[b,p,n,d]·x[b,p,d], α = softmax over p of x[b,p,d]·l[n,d].
-
-    Never holds a (B, P, N, D) tensor: α is built chunk by chunk and reduced at once; backward
-    recomputes it from the saved (B, D, N) moments with dV/dx_p = α_p·(1 + l·(x_p − V)) and
-    dV/dl = E_α[x²] − V² (both evaluated on x centred per (b, d) for accuracy).
-    """
-
-    @staticmethod
-    def forward(ctx, x, nodes):
-        batch, positions, dim = x.shape
-        num_nodes = nodes.shape[0]
-        xt = x.transpose(1, 2).contiguous()                  # (B, D, P)
-        center = xt.mean(-1, keepdim=True)                   # (B, D, 1)
-        xc = xt - center                                     # (B, D, P)
-        moments = torch.stack([xc, torch.ones_like(xc), xc * xc], -1)   # (B, D, P, 3)
-        xmax, xmin = xt.amax(-1), xt.amin(-1)                # (B, D)
-        lt = nodes.t().contiguous()                          # (D, N)
-        sums = x.new_empty(batch, dim, num_nodes, 3)         # (B, D, N, 3)
-        for bs, ns in _chunks(batch, num_nodes, dim * positions, x.device.type):
-            weights = _attention_weights(xt[bs], lt[:, ns], xmax[bs], xmin[bs])   # (b, D, n, P)
-            sums[bs, :, ns] = weights @ moments[bs]
-        total = sums[..., 1]                                 # (B, D, N)
-        mean_c = sums[..., 0] / total                        # E_α[x − c]
-        var = sums[..., 2] / total - mean_c * mean_c         # E_α[x²] − V²
-        ctx.save_for_backward(xt, center, lt, mean_c, var, total)
-        return (mean_c + center).transpose(1, 2)             # (B, N, D)
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        xt, center, lt, mean_c, var, total = ctx.saved_tensors
-        g = grad_out.transpose(1, 2)                         # (B, D, N)
-        grad_nodes = (g * var).sum(0).t()                    # (N, D)
-        # grad_x[p] = Σ_n α_pn·g_n·(1 − l_n·V'_n) + x'_p·Σ_n α_pn·g_n·l_n, with x' = x − c, V' = V − c
-        coeff = torch.stack([g * (1 - lt * mean_c), g * lt], -1) / total.unsqueeze(-1)   # (B, D, N, 2)
-        xmax, xmin = xt.amax(-1), xt.amin(-1)
-        acc = xt.new_zeros(*xt.shape, 2)                     # (B, D, P, 2)
-        for bs, ns in _chunks(xt.shape[0], lt.shape[1], xt.shape[1] * xt.shape[2], xt.device.type):
-            weights = _attention_weights(xt[bs], lt[:, ns], xmax[bs], xmin[bs])   # (b, D, n, P)
-            acc[bs] += weights.transpose(-1, -2) @ coeff[bs, :, ns]               # (b, D, P, 2)
-        grad_x = acc[..., 0] + (xt - center) * acc[..., 1]   # (B, D, P)
-        return grad_x.transpose(1, 2), grad_nodes
-
-
-def lean_label_attention(x, nodes):
-    """Label-guided attention without (B, P, N, D) intermediates; x (B, P, D), nodes (N, D) -> (B, N, D).
-
-    Computed in float32 (float64 if given) whatever the autocast state.
-    """
-    dtype = torch.promote_types(torch.promote_types(x.dtype, nodes.dtype), torch.float32)
-    with torch.autocast(device_type=x.device.type, enabled=False):
-        return _LeanAttention.apply(x.to(dtype), nodes.to(dtype))
-
-
-# --------------------------------------------------------------------------------------------
 # The model
 
 class MSRN(nn.Module):
     """MSRN (official name ``MSGDN``): forward(img, inp) -> (logits (B, C), group_loss ())."""
 
-    def __init__(self, num_classes, pool_ratio, model_name, adj_file, attention=lean_label_attention):
+    def __init__(self, num_classes, pool_ratio, model_name, adj_file, attention='lean'):
         """adj_file: path of the graph file, or a mapping with 'adj' (C, C) and 'nums' (C,) counts.
 
-        attention: the label-guided attention function (x (B, P, D), nodes (N, D)) -> (B, N, D).
+        attention: how the label-guided attention is computed (``attention.py``): 'lean' (default:
+        fused Triton kernels on CUDA, chunked PyTorch elsewhere), 'plain' (the official formula and
+        its (B, P, N, D) memory), or 'chunked' / 'fused' to force one lean implementation.
         """
         super().__init__()
         self.num_classes = num_classes
@@ -251,7 +172,9 @@ class MSRN(nn.Module):
         if self.num_node < 1:
             raise UsageError(f'pool_ratio {pool_ratio} gives {pool_ratio}·{num_classes} < 1 label group; '
                              f'use a pool ratio of at least {1 / num_classes:.3g}')
-        self.attention = attention
+        if attention not in ATTENTIONS:
+            raise ValueError(f'unknown attention {attention!r}; choose one of {", ".join(ATTENTIONS)}')
+        self.attention = ATTENTIONS[attention]
         self.image_normalization_mean = [0.485, 0.456, 0.406]
         self.image_normalization_std = [0.229, 0.224, 0.225]
 

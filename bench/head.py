@@ -75,14 +75,12 @@ def run_case(config, case, mode, batch, image_size, repeats, device, amp):
     sys.path.insert(0, REPO)
     import numpy as np
     import torch
-    from models import MSRN, lean_label_attention
-    from tests.reference import plain_label_attention
+    from models import MSRN
 
     torch.manual_seed(0)
     num_classes, pool_ratio = CONFIGS[config]
     graph = {'adj': np.ones((num_classes, num_classes)), 'nums': np.full(num_classes, 2.0)}
-    attention = plain_label_attention if case == 'b' else lean_label_attention
-    model = MSRN(num_classes, pool_ratio, 'resnet101', graph, attention=attention).to(device)
+    model = MSRN(num_classes, pool_ratio, 'resnet101', graph, attention='plain' if case == 'b' else 'lean').to(device)
     img = torch.randn(batch, 3, image_size, image_size, device=device)
     inp = torch.randn(batch, num_classes, 300, device=device)
     memory = _CudaMemory(torch) if device == 'cuda' else _CpuMemory()

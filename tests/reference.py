@@ -1,17 +1,14 @@
 """Plain, literal implementations of MSRN formulas, used to check the optimised code.
 
 Written straight from MSRN_SPEC.md, materialising every intermediate; slow and memory-hungry on
-purpose. The benchmark uses ``plain_label_attention`` as its "plain formula" case.
+purpose. The label attention's literal formula lives beside its fast versions, as
+``attention.plain_label_attention``. Shapes as in models.py: B batch, C classes, K label groups,
+D = 512, P positions.
 """
 import torch
 import torch.nn.functional as F
 
-
-def plain_label_attention(x, nodes):
-    """x (B, P, D), nodes (N, D) -> (B, N, D) via the full (B, P, N, D) softmax."""
-    scores = x[:, :, None, :] * nodes[None, None]           # (B, P, N, D)
-    alpha = F.softmax(scores, dim=1)                        # softmax over positions
-    return (alpha * x[:, :, None, :]).sum(1)                # (B, N, D)
+from attention import plain_label_attention
 
 
 def plain_graph_attention(x, mask, W, a):

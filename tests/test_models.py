@@ -1,4 +1,4 @@
-"""MSRN model: parameter layout, forward pass against references, label graph, lean attention."""
+"""MSRN model: parameter layout, forward pass against references, label graph (attention: test_attention.py)."""
 import json
 import math
 from pathlib import Path
@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import models
-from models import MSRN, MSGDN, label_graph, lean_label_attention
-from tests.reference import plain_graph_attention, plain_head, plain_label_attention, plain_label_graph
+from models import MSRN, MSGDN, label_graph
+from tests.reference import plain_graph_attention, plain_head, plain_label_graph
 
 REFERENCE = Path(__file__).resolve().parents[2] / 'shared' / 'reference'
 needs_reference = pytest.mark.skipif(not REFERENCE.is_dir(), reason='../shared/reference not present')
@@ -84,6 +84,11 @@ def test_official_class_name_is_the_same_model():
 def test_pool_ratio_too_small_is_a_clear_error():
     with pytest.raises(ValueError, match='pool_ratio'):
         MSRN(20, 0.01, 'resnet18', random_graph(20))
+
+
+def test_unknown_attention_lists_choices():
+    with pytest.raises(ValueError, match='lean, plain, chunked'):
+        MSRN(20, 0.2, 'resnet18', random_graph(20), attention='flash')
 
 
 def test_unknown_backbone_lists_choices():
@@ -190,67 +195,6 @@ def test_graph_is_built_once_and_not_saved(monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------
-# Lean label attention
-
-@pytest.mark.parametrize('batch,positions,nodes,budget', [(2, 37, 5, 1 << 20), (3, 49, 24, 1 << 20), (3, 49, 24, 300)])
-def test_lean_attention_matches_plain_in_float64(batch, positions, nodes, budget, monkeypatch):
-    monkeypatch.setitem(models.CHUNK_ELEMENTS, 'cpu', budget)   # small budget: many batch/node chunks
-    torch.manual_seed(0)
-    x = (torch.randn(batch, positions, 16, dtype=torch.float64) * 3).requires_grad_()
-    nodes_ = torch.randn(nodes, 16, dtype=torch.float64).requires_grad_()
-    out = lean_label_attention(x, nodes_)
-    expected = plain_label_attention(x, nodes_)
-    torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
-    grad = torch.randn_like(out)
-    gx, gn = torch.autograd.grad(out, (x, nodes_), grad)
-    ex, en = torch.autograd.grad(expected, (x, nodes_), grad)
-    torch.testing.assert_close(gx, ex, atol=1e-6, rtol=0)
-    torch.testing.assert_close(gn, en, atol=1e-6, rtol=0)
-
-
-def test_lean_attention_passes_gradcheck():
-    torch.manual_seed(0)
-    x = torch.randn(2, 11, 4, dtype=torch.float64, requires_grad=True)
-    nodes = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lean_label_attention, (x, nodes))
-
-
-def test_lean_attention_is_stable_for_large_scores():
-    """exp never overflows: scores of ±1e4 still give a convex combination of the positions."""
-    x = torch.tensor([[[100.0], [99.0], [-100.0]]])
-    nodes = torch.tensor([[100.0], [-100.0]])
-    out = lean_label_attention(x, nodes)
-    torch.testing.assert_close(out, torch.tensor([[[100.0], [-100.0]]]))
-
-
-def test_lean_attention_under_autocast_runs_in_float32():
-    torch.manual_seed(0)
-    x = torch.randn(2, 20, 8).requires_grad_()
-    nodes = torch.randn(4, 8).requires_grad_()
-    with torch.autocast('cpu', dtype=torch.bfloat16):
-        out = lean_label_attention(x.bfloat16(), nodes.bfloat16())
-    assert out.dtype == torch.float32
-    expected = plain_label_attention(x.bfloat16().float(), nodes.bfloat16().float())
-    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
-    out.sum().backward()
-    assert torch.isfinite(x.grad).all() and torch.isfinite(nodes.grad).all()
-
-
-def test_lean_attention_saves_no_position_by_node_tensor():
-    """What autograd keeps for backward is (B, D, P)- or (B, D, N)-sized, never (B, P, N, D)."""
-    saved = []
-    x = torch.randn(2, 50, 16, requires_grad=True)
-    nodes = torch.randn(30, 16, requires_grad=True)
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
-        lean_label_attention(x, nodes).sum().backward()
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(-t.numel()) or t, lambda t: t):
-        plain_label_attention(x, nodes)
-    lean_max = max(n for n in saved if n > 0)
-    assert lean_max <= 2 * 50 * 16 * 30 // 30 * 2         # at most ~ B·P·D or B·D·N elements
-    assert -min(saved) >= 2 * 50 * 30 * 16                 # the plain formula keeps (B, P, N, D)
-
-
-# ---------------------------------------------------------------------------------------------
 # Whole model: trunk, shapes, gradients, precision
 
 @pytest.mark.parametrize('size,shapes', [(33, [(2, 2), (1, 1), (1, 1)]), (64, [(4, 4), (2, 2), (1, 1)]),
@@ -283,7 +227,7 @@ def test_forward_shapes_and_gradients_reach_every_trainable_parameter():
 
 def test_lean_and_plain_attention_give_the_same_model_output():
     lean = small_model(seed=4).eval()
-    plain = small_model(seed=4, attention=plain_label_attention).eval()
+    plain = small_model(seed=4, attention='plain').eval()
     plain.load_state_dict(lean.state_dict())
     img, inp = torch.randn(2, 3, 128, 128), torch.randn(2, 5, 300)
     with torch.no_grad():

@@ -1,12 +1,11 @@
-"""The model on CUDA: same numbers as on the CPU, float16 autocast, lean attention. Skipped without a GPU."""
+"""The model on CUDA: same numbers as on the CPU, float16 autocast (attention: test_attention_cuda.py). Skipped without a GPU."""
 import numpy as np
 import pytest
 import torch
 
 import checkpoint
 import models
-from models import MSRN, lean_label_attention
-from tests.reference import plain_label_attention
+from models import MSRN
 from tests.test_models import REFERENCE, needs_reference, random_graph
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
@@ -19,21 +18,6 @@ def exact_float32():
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     yield
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
-
-
-@pytest.mark.parametrize('budget', [None, 1000])
-def test_lean_attention_on_cuda_matches_plain(budget, monkeypatch):
-    if budget:
-        monkeypatch.setattr(models, 'DEFAULT_CHUNK_ELEMENTS', budget)
-    torch.manual_seed(0)
-    x = (torch.randn(3, 49, 64, device='cuda', dtype=torch.float64) * 2).requires_grad_()
-    nodes = torch.randn(24, 64, device='cuda', dtype=torch.float64, requires_grad=True)
-    out = lean_label_attention(x, nodes)
-    expected = plain_label_attention(x, nodes)
-    torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
-    grad = torch.randn_like(out)
-    for got, want in zip(torch.autograd.grad(out, (x, nodes), grad), torch.autograd.grad(expected, (x, nodes), grad)):
-        torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
 
 
 @needs_reference
