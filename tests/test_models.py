@@ -87,7 +87,7 @@ def test_pool_ratio_too_small_is_a_clear_error():
 
 
 def test_unknown_attention_lists_choices():
-    with pytest.raises(ValueError, match='lean, plain, chunked'):
+    with pytest.raises(ValueError, match='lean, plain, chunked, fused'):
         MSRN(20, 0.2, 'resnet18', random_graph(20), attention='flash')
 
 
