@@ -155,7 +155,6 @@ def model_outputs_and_grads(attention_name, seed=4):
     return logits.detach(), {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.slow
 def test_model_with_fused_kernels_equals_chunked(interpreted):
     """The whole model, forward and backward: the kernels see the model's layouts (a transposed
     conv output; a gradient that is a slice of the concatenated levels)."""
