@@ -4,7 +4,6 @@ import pytest
 import torch
 
 import checkpoint
-import models
 from models import MSRN
 from tests.test_models import REFERENCE, needs_reference, random_graph
 
