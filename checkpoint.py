@@ -5,7 +5,7 @@ A checkpoint is a dict with the official keys, which the official code reads too
 (best mAP in percent). Ours add the run's settings, so that evaluation, resume and prediction
 need nothing else: ``args`` (the command-line settings), ``classes`` (class names), ``adj`` and
 ``nums`` (the label graph's counts), ``word_vectors`` [C, 300]. ``checkpoint.pth.tar`` also holds
-what an exact resume needs (``TRAINING_KEYS``): ``optimizer``, ``scaler`` (GradScaler), ``rng``
+what an exact resume needs: ``optimizer``, ``scaler`` (GradScaler), ``rng``
 (every process's generators), ``ema`` (the weight average, when on). Everything is tensors and
 plain containers, so ``torch.load(weights_only=True)`` reads it.
 """
@@ -22,7 +22,6 @@ from errors import CheckpointError
 
 CHECKPOINT_NAME = 'checkpoint.pth.tar'
 BEST_NAME = 'model_best.pth.tar'
-TRAINING_KEYS = ('optimizer', 'scaler', 'rng', 'ema')
 # The official repository's first release had an unused Linear ProjectMs and no W, B; its
 # checkpoints differ from the later layout in these dead parameters only.
 FIRST_RELEASE_EXTRA = {'ProjectMs.weight': (512, 512), 'ProjectMs.bias': (512,)}
