@@ -262,8 +262,8 @@ def _text_or_fallback_vectors(path, stamp, classes, dim):
     """Cached by file stamp: a loader's two splits read a GloVe file (1 GB for 6B.300d) and say
     what is missing once."""
     if path is None:
-        print(f'[words] no word file: each class gets a fixed random unit vector seeded by its name '
-              f'(README "Your own data"); pass -word_file glove.6B.300d.txt for GloVe vectors')
+        print('[words] no word file: each class gets a fixed random unit vector seeded by its name '
+              '(README "Your own data"); pass -word_file glove.6B.300d.txt for GloVe vectors')
         return fallback_word_vectors(classes, dim)
     vectors, missing, blind = glove_word_vectors(classes, path, dim)
     print(f'[words] {len(classes)} class vectors from the GloVe text file {path}'

@@ -403,7 +403,7 @@ def test_build_adj_and_build_word2vec_on_the_custom_layout(synthetic, tmp_path, 
 
 def test_synthetic_custom_layout(tmp_path):
     a = synthetic_data.write_custom(str(tmp_path / 'a'), n_train=8, n_val=4, seed=1)
-    b = synthetic_data.write_custom(str(tmp_path / 'b'), n_train=8, n_val=4, seed=1)
+    synthetic_data.write_custom(str(tmp_path / 'b'), n_train=8, n_val=4, seed=1)   # the same again
     assert any(' ' in c for c in a['classes']) and any(not c.isascii() for c in a['classes'])
     train = (tmp_path / 'a' / 'train.csv').read_text(encoding='utf-8')
     assert train == (tmp_path / 'b' / 'train.csv').read_text(encoding='utf-8')
