@@ -233,11 +233,13 @@ def _flag_value(value):
     return ' '.join(map(str, value)) if isinstance(value, list) else str(value)
 
 
-def checkpoint_backbone(checkpoint):
-    """The trunk a checkpoint was made with, when it says so (ours: 'args', older ones: 'arch')."""
-    stored = ckpt.stored_settings(checkpoint).get('args', {})
-    arch = stored.get('backbone', checkpoint.get('arch'))
-    return arch if arch in RESNET_LAYOUTS else None
+def take_checkpoint_backbone(args, given, checkpoint):
+    """Unless --backbone is given, the trunk a checkpoint was made with, when it says so (ours:
+    'args', older ones: 'arch')."""
+    stored = checkpoint.get('args')
+    arch = stored.get('backbone', checkpoint.get('arch')) if isinstance(stored, dict) else checkpoint.get('arch')
+    if 'backbone' not in given and arch in RESNET_LAYOUTS:
+        args.backbone = arch
 
 
 def _announce_replaced(given, settings, flag, kind):
@@ -363,8 +365,8 @@ def run(args, given, dataset):
         restore_settings(args, given, settings['args'])
     finetune = ckpt.read_checkpoint(args.finetune) if args.finetune else None
     source = checkpoint if checkpoint is not None else finetune
-    if 'backbone' not in given and source is not None and checkpoint_backbone(source):
-        args.backbone = checkpoint_backbone(source)
+    if source is not None:
+        take_checkpoint_backbone(args, given, source)
     if args.data is None:
         raise UsageError('the dataset folder DIR is missing (a checkpoint of ours given with --resume supplies it)')
     device = init_run(args)

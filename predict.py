@@ -67,8 +67,7 @@ def build_model(args, given, checkpoint):
     """(model in eval mode with the checkpoint's weights, word vectors [C, 300], class names)."""
     settings = ckpt.stored_settings(checkpoint)
     cli.restore_settings(args, given, settings.get('args', {}), keys=cli.MODEL_SETTINGS)
-    if 'backbone' not in given and cli.checkpoint_backbone(checkpoint):
-        args.backbone = cli.checkpoint_backbone(checkpoint)
+    cli.take_checkpoint_backbone(args, given, checkpoint)
     dataset = None if 'classes' in settings else released_dataset(args, checkpoint)
     classes = settings['classes'] if dataset is None else dataset['classes']
     name = dataset['name'] if dataset else None
@@ -76,9 +75,9 @@ def build_model(args, given, checkpoint):
         args.pool_ratio = dataset['pool_ratio']
     graph = cli.label_graph_input(args, given, settings, dataset or {'name': None}, num_classes=len(classes))
     words = cli.word_vectors_input(args, given, settings)
-    if not isinstance(words, np.ndarray):  # a file: given, or the dataset's
-        words = label_files.load_word_vectors(words or label_files.default_file(name, 'word'), len(classes),
-                                              download=args.download)
+    if not isinstance(words, np.ndarray):  # a file (word vectors or GloVe text): given, or the dataset's
+        words = label_files.class_word_vectors(words or label_files.default_file(name, 'word'), classes,
+                                               download=args.download)
     model = MSRN(len(classes), args.pool_ratio, args.backbone, graph)
     ckpt.load_checkpoint(model, checkpoint)
     return model.eval(), torch.as_tensor(words), classes
