@@ -20,8 +20,6 @@ import download
 from download import DownloadError
 from errors import CheckpointError
 
-CHECKPOINT_NAME = 'checkpoint.pth.tar'
-BEST_NAME = 'model_best.pth.tar'
 # The official repository's first release had an unused Linear ProjectMs and no W, B; its
 # checkpoints differ from the later layout in these dead parameters only.
 FIRST_RELEASE_EXTRA = {'ProjectMs.weight': (512, 512), 'ProjectMs.bias': (512,)}
@@ -183,16 +181,6 @@ def atomic_write(path, write):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-
-
-def save_checkpoint(state, save_dir, best=None):
-    """Write ``state`` to ``save_dir/checkpoint.pth.tar`` and, when given, ``best`` to
-    ``model_best.pth.tar``; return the checkpoint's path."""
-    path = os.path.join(save_dir, CHECKPOINT_NAME)
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
-    if best is not None:
-        atomic_write(os.path.join(save_dir, BEST_NAME), lambda tmp: torch.save(best, tmp))
-    return path
 
 
 # ---- ImageNet weights of the trunk --------------------------------------------------------------

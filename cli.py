@@ -1,10 +1,15 @@
-"""The command line, in one place: the parser of the demo scripts (and the flags predict.py shares),
-the settings a checkpoint brings, the builders that turn arguments into datasets, model,
-optimizer, loss and engine, and the run. No other module reads ``args``.
+"""The command line, in one place: the parsers of the entry scripts (the demo scripts and
+predict.py), the dataset description a demo script passes, the settings a checkpoint brings, the
+builders that turn arguments into datasets, model, optimizer, loss and engine, and the run.
 
-Each ``demo_*_gcn.py`` only passes its ``DATASET`` dict (loader, splits, the official script's
-defaults) to ``main``. Defaults that are paths (graph and word files, save folder, ImageNet
-weights) resolve against the repository, so the scripts run from any working directory.
+Modules that read the parsed arguments: cli.py and predict.py.
+
+Every other module takes explicit keyword arguments (the scripts under tools/ and bench/ have
+small parsers of their own).
+
+Each ``demo_*_gcn.py`` only passes its ``DatasetSpec`` to ``main``. Defaults that are paths (graph
+and word files, save folder, ImageNet weights) resolve against the repository, so the scripts run
+from any working directory.
 """
 import argparse
 import os
@@ -12,7 +17,10 @@ import re
 import subprocess
 import sys
 import traceback
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
 
+import numpy as np
 import torch
 
 import checkpoint as ckpt
@@ -31,6 +39,26 @@ PICKLE_WARNING = 'pickles can run code when loaded: pass only files you trust (.
 NOT_RESTORED = {'resume', 'evaluate', 'finetune', 'start_epoch', 'device', 'workers', 'download', 'skip_corrupt',
                 'print_freq', 'progress', 'pretrained', 'pretrain_model', 'graph_file', 'word_file'}
 MODEL_SETTINGS = ('backbone', 'pool_ratio', 'image_size')  # what predict.py restores
+RELEASED_IMAGE_SIZE = 448  # the released models were trained and evaluated at 448 px
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What a demo script says about its dataset; everything else is the loader's business."""
+    name: str              # short name: official files under data/<name>/, messages
+    title: str             # the dataset's name in --help
+    layout: str            # what the DIR argument holds, for --help
+    loader: Callable       # loader(root, split, inp_name=, download=, skip_corrupt=[, classes=][, loader flags])
+    splits: tuple          # (training split, evaluated split), as the loader names them
+    pool_ratio: float      # default --pool_ratio (label groups K = int(pool_ratio x classes))
+    save_dir: str          # default --save-dir, relative to the repository
+    classes: Optional[Sequence[str]] = None  # the fixed class names; None: they come from the data
+    image_size: int = 224  # default --image-size (the official script's)
+    workers: int = 4       # the official script's -j (capped at the CPU count)
+    loader_flags: tuple = ()  # the extra loader flags this dataset takes (keys of LOADER_FLAGS)
+    # a dataset without official label files: builds the label graph from its training split,
+    # build_graph(train_set, save_dir) -> {'adj', 'nums'}, and its word vectors fall back
+    build_graph: Optional[Callable] = None
 
 
 # ---- the parser ---------------------------------------------------------------------------------
@@ -74,30 +102,34 @@ def add_model_arguments(group, pool_ratio=None):
                        help=f"trunk: {', '.join(RESNET_LAYOUTS)} (default: the checkpoint's, else resnet101)")
 
 
-def add_label_file_arguments(group, files=None):
-    """-graph_file, -word_file and --no-download; ``files``: ``label_file_defaults`` of a DATASET
-    dict (None: no default file, e.g. predict.py, which takes the checkpoint's)."""
-    files = files or {kind: (None, "the dataset's file under data/") for kind in ('graph_file', 'word_file')}
-    group.add_argument('-graph_file', '--graph-file', default=files['graph_file'][0], metavar='PATH',
+def add_label_file_arguments(group, dataset=None):
+    """-graph_file, -word_file and --no-download, with the defaults of ``dataset`` (a DatasetSpec;
+    None: no default file, e.g. predict.py, which takes the checkpoint's)."""
+    if dataset is None:
+        graph, words = (None, "the dataset's file under data/"), (None, "the dataset's file under data/")
+    elif dataset.build_graph is not None:
+        graph = (None, 'built from the training labels and saved as label_graph.npz in --save-dir')
+        words = (None, 'a fixed random unit vector per class, seeded by its name')
+    else:
+        official = 'downloaded and checked when missing'
+        graph = (label_files.default_file(dataset.name, 'graph'), f'data/{dataset.name}/{dataset.name}_adj.pkl, {official}')
+        words = (label_files.default_file(dataset.name, 'word'),
+                 f'data/{dataset.name}/{dataset.name}_glove_word2vec.pkl, {official}')
+    group.add_argument('-graph_file', '--graph-file', default=graph[0], metavar='PATH',
                        help=f"label co-occurrence graph {{adj, nums}} (default: the checkpoint's, else "
-                            f"{files['graph_file'][1]}); {PICKLE_WARNING}")
-    group.add_argument('-word_file', '--word-file', default=files['word_file'][0], metavar='PATH',
+                            f"{graph[1]}); {PICKLE_WARNING}")
+    group.add_argument('-word_file', '--word-file', default=words[0], metavar='PATH',
                        help=f"label word vectors [classes, 300], or a GloVe text file (a class gets the mean of "
-                            f"its words' vectors) (default: the checkpoint's, else {files['word_file'][1]}); "
-                            f'{PICKLE_WARNING}')
+                            f"its words' vectors) (default: the checkpoint's, else {words[1]}); {PICKLE_WARNING}")
     group.add_argument('--no-download', dest='download', action='store_false',
                        help='never download: a missing dataset or data file is an error')
 
 
-def label_file_defaults(dataset):
-    """{'graph_file' / 'word_file': (default, its description)}: the official files of the dataset,
-    unless its DATASET dict names others in 'label_files' (None: made from the data)."""
-    name = dataset['name']
-    official = 'downloaded and checked when missing'
-    return {'graph_file': (label_files.default_file(name, 'graph'), f'data/{name}/{name}_adj.pkl, {official}'),
-            'word_file': (label_files.default_file(name, 'word'),
-                          f'data/{name}/{name}_glove_word2vec.pkl, {official}'),
-            **dataset.get('label_files', {})}
+LOADER_FLAGS = {  # flags of some loaders only: a DatasetSpec's loader_flags names them
+    'image_label': (('--image-label',), dict(default=None, metavar='PATH', help=(
+        'official one-folder layout: the official image_label.pkl (e.g. data/apparel/image_label.pkl); '
+        'pickles can run code when loaded: pass only files you trust'))),
+}
 
 
 def add_device_argument(group):
@@ -108,26 +140,27 @@ def add_device_argument(group):
 def get_args_parser(dataset):
     """The official flags (same spellings and defaults as the official script) plus ours, grouped."""
     parser = ArgumentParser(
-        description=f"Train or evaluate MSRN on {dataset['title']}.",
+        description=f'Train or evaluate MSRN on {dataset.title}.',
         epilog='Several GPUs: torchrun --nproc_per_node N %(prog)s ... (see README).')
     data = parser.add_argument_group('data')
     data.add_argument('data', metavar='DIR', nargs='?', default=None,
-                      help=f"dataset folder ({dataset['layout']}); with --resume, default: the checkpoint's")
-    size = dataset.get('image_size', 224)
+                      help=f"dataset folder ({dataset.layout}); with --resume, default: the checkpoint's")
+    size = dataset.image_size
     data.add_argument('--image-size', '-i', default=size, type=int, metavar='N',
                       help=f'image side in pixels (default: {size}, as the official script; the paper used 448)')
-    workers = min(dataset.get('workers', 4), os.cpu_count() or 1)
+    workers = min(dataset.workers, os.cpu_count() or 1)
     data.add_argument('-j', '--workers', default=workers, type=int, metavar='N',
-                      help=f"data loading processes (default: {workers}: the official {dataset.get('workers', 4)}, "
+                      help=f'data loading processes (default: {workers}: the official {dataset.workers}, '
                            'at most the CPU count)')
-    add_label_file_arguments(data, label_file_defaults(dataset))
-    for flags, options in dataset.get('flags', {}).items():
+    add_label_file_arguments(data, dataset)
+    for name in dataset.loader_flags:
+        flags, options = LOADER_FLAGS[name]
         data.add_argument(*flags, **options)
     data.add_argument('--skip-corrupt', action='store_true',
                       help='leave unreadable images out (their count is printed) instead of stopping')
 
     model = parser.add_argument_group('model')
-    add_model_arguments(model, dataset['pool_ratio'])
+    add_model_arguments(model, dataset.pool_ratio)
     model.add_argument('--pretrained', dest='pretrained', default=1, type=int, metavar='0|1',
                        help='start the trunk from ImageNet weights (default: 1)')
     model.add_argument('-pm', '--pretrain_model', default=None, metavar='PATH',
@@ -181,14 +214,34 @@ def get_args_parser(dataset):
     run_group.add_argument('-e', '--evaluate', dest='evaluate', action='store_true',
                            help='evaluate the model on the test split and exit (use with --resume); '
                                 'nothing of the training split is read')
-    run_group.add_argument('--save-dir', default=os.path.join(REPO_DIR, dataset['save_dir']), metavar='DIR',
-                           help=f"checkpoints, logs, eval JSON and curves (default: {dataset['save_dir']} in the "
+    run_group.add_argument('--save-dir', default=os.path.join(REPO_DIR, dataset.save_dir), metavar='DIR',
+                           help=f"checkpoints, logs, eval JSON and curves (default: {dataset.save_dir} in the "
                                 "repo, or the resumed run's)")
 
     system = parser.add_argument_group('system')
     add_device_argument(system)
     system.add_argument('--seed', default=None, type=int, metavar='S',
                         help='seed every generator (+ rank); with -j 0 a CPU run repeats bit for bit')
+    return parser
+
+
+def get_predict_parser(released):
+    """predict.py's flags; ``released``: {name: DatasetSpec} of the datasets with released checkpoints."""
+    parser = ArgumentParser(description='MSRN on your own images: the top labels with scores, and optionally the '
+                                        'label attention maps.')
+    parser.add_argument('images', nargs='+', metavar='IMAGE', help='image files')
+    parser.add_argument('--resume', required=True, metavar='CKPT', help='checkpoint (ours or a released one)')
+    parser.add_argument('--dataset', default=None, choices=list(released),
+                        help="a released checkpoint's dataset (default: recognised by its class count)")
+    parser.add_argument('--image-size', '-i', default=RELEASED_IMAGE_SIZE, type=int, metavar='N',
+                        help=f"image side the model sees (default: the checkpoint's, else {RELEASED_IMAGE_SIZE})")
+    parser.add_argument('--threshold', default=0.5, type=float, metavar='P',
+                        help='show labels with probability >= P (default: 0.5)')
+    parser.add_argument('--top-k', default=5, type=int, metavar='K', help='show at most K labels (default: 5)')
+    parser.add_argument('--attention', metavar='OUT_DIR', help='write attention-map PNGs here')
+    add_model_arguments(parser)
+    add_label_file_arguments(parser)
+    add_device_argument(parser)
     return parser
 
 
@@ -255,32 +308,31 @@ def word_vectors_input(args, given, settings):
 
 
 def label_graph_input(args, given, settings, dataset, train_set=None, num_classes=None):
-    """The label graph {adj, nums}: -graph_file if given, else the checkpoint's, else the dataset's
-    default file (downloaded when missing), or for a dataset without one (your own data) the graph
-    that its 'build_graph' makes from ``train_set``."""
+    """The label graph {adj, nums}: -graph_file if given, else the checkpoint's, else the default
+    file of ``dataset`` (a DatasetSpec; downloaded when missing), or for a dataset without one
+    (your own data) the graph that its ``build_graph`` makes from ``train_set``."""
     _announce_replaced(given, settings, 'graph_file', 'graph')
     if 'graph_file' not in given and 'graph' in settings:
         return settings['graph']
-    if args.graph_file is None and 'build_graph' in dataset:
+    if args.graph_file is None and dataset is None:
+        raise CheckpointError('the checkpoint holds no label graph: pass -graph_file')
+    if args.graph_file is None and dataset.build_graph is not None:
         if train_set is None:
             raise UsageError('-e needs the label graph: pass -graph_file, or --resume a checkpoint of ours (it '
                              'holds the graph)')
-        return dataset['build_graph'](train_set, args.save_dir)
-    return label_files.load_adjacency(args.graph_file or label_files.default_file(dataset['name'], 'graph'),
+        return dataset.build_graph(train_set, args.save_dir)
+    return label_files.load_adjacency(args.graph_file or label_files.default_file(dataset.name, 'graph'),
                                       num_classes, download=args.download)
 
 
 # ---- builders: the only functions that read the parsed arguments ---------------------------------
 
-def init_run(args):
-    """Join torchrun's process group if any (``args.device``), seed every generator with
-    ``args.seed`` + rank, print the arguments and git commit; return this process's device."""
-    device = distributed.init_distributed_mode(args.device)
+def init_run(args, device):
+    """Seed every generator with ``args.seed`` + rank; print the arguments and git commit."""
     if args.seed is not None:
         seed_everything(args.seed + distributed.get_rank())
     print(f'git commit: {_git_commit()}  processes: {distributed.get_world_size()}  device: {device}')
     print('arguments: ' + '  '.join(f'{k}={v}' for k, v in sorted(vars(args).items())))
-    return device
 
 
 def _git_commit():
@@ -292,15 +344,15 @@ def _git_commit():
 
 
 def build_datasets(args, dataset, word_vectors, classes=None):
-    """(train, test) datasets of the DATASET dict; train is None with ``-e`` (never read then).
+    """(train, test) datasets of the DatasetSpec; train is None with ``-e`` (never read then).
     ``classes``: the class names for a loader whose classes come from the data (a checkpoint's)."""
     options = dict(inp_name=word_vectors, download=args.download, skip_corrupt=args.skip_corrupt,
-                   **{key: getattr(args, key) for key in dataset.get('loader_args', ())})
+                   **{key: getattr(args, key) for key in dataset.loader_flags})
     if classes is not None:
         options['classes'] = classes
-    train_split, test_split = dataset['splits']
-    train = None if args.evaluate else dataset['loader'](args.data, train_split, **options)
-    return train, dataset['loader'](args.data, test_split, **options)
+    train_split, test_split = dataset.splits
+    train = None if args.evaluate else dataset.loader(args.data, train_split, **options)
+    return train, dataset.loader(args.data, test_split, **options)
 
 
 def build_model(args, num_classes, graph, finetune=None):
@@ -350,13 +402,46 @@ def eval_name(args):
     return name
 
 
+def released_dataset(args, checkpoint, released):
+    """The DatasetSpec of a checkpoint without class names: ``--dataset``, or its class count."""
+    if args.dataset:
+        return released[args.dataset]
+    num_classes = ckpt.bare_state_dict(checkpoint, f'{args.resume}: ')['fc2.weight'].shape[0]
+    matches = [d for d in released.values() if len(d.classes) == num_classes]
+    if not matches:
+        raise CheckpointError(f'{args.resume}: {num_classes} classes and no class names stored; '
+                              f'pass --dataset ({", ".join(released)}) if it is one of these')
+    return matches[0]
+
+
+def build_trained_model(args, given, checkpoint, released):
+    """A trained model to use (predict.py): (MSRN in eval mode with the checkpoint's weights, word
+    vectors (C, 300), class names). A checkpoint of ours brings its classes, graph, word vectors and
+    settings; a released one gets those of its dataset (``released_dataset``)."""
+    settings = ckpt.stored_settings(checkpoint)
+    restore_settings(args, given, settings.get('args', {}), keys=MODEL_SETTINGS)
+    take_checkpoint_backbone(args, given, checkpoint)
+    dataset = None if 'classes' in settings else released_dataset(args, checkpoint, released)
+    classes = settings['classes'] if dataset is None else list(dataset.classes)
+    if args.pool_ratio is None:
+        args.pool_ratio = dataset.pool_ratio
+    graph = label_graph_input(args, given, settings, dataset, num_classes=len(classes))
+    words = word_vectors_input(args, given, settings)
+    if not isinstance(words, np.ndarray):  # a file (word vectors or GloVe text): given, or the dataset's
+        words = label_files.class_word_vectors(words or label_files.default_file(dataset.name, 'word'), classes,
+                                               download=args.download)
+    model = MSRN(len(classes), args.pool_ratio, args.backbone, graph)
+    ckpt.load_checkpoint(model, checkpoint)
+    return model.eval(), torch.as_tensor(words), classes
+
+
 # ---- the run ------------------------------------------------------------------------------------
 
 def run(args, given, dataset):
     """Build everything and train or evaluate; returns the best (or evaluated) mAP."""
     if args.resume and args.finetune:
         raise UsageError('--resume continues a run, --finetune starts a new one from a checkpoint: give one of them')
-    distributed.init_distributed_mode(args.device)  # first: only rank 0 prints what follows
+    device = distributed.init_distributed_mode(args.device)  # first: only rank 0 prints what follows
     if args.resume:
         print(f'=> reading checkpoint {args.resume}')
     checkpoint = ckpt.read_checkpoint(args.resume) if args.resume else None
@@ -369,10 +454,10 @@ def run(args, given, dataset):
         take_checkpoint_backbone(args, given, source)
     if args.data is None:
         raise UsageError('the dataset folder DIR is missing (a checkpoint of ours given with --resume supplies it)')
-    device = init_run(args)
+    init_run(args, device)
     if args.amp and device.type != 'cuda':
         raise UsageError('--amp (float16 autocast) needs CUDA; leave it out on the CPU')
-    fixed, stored = dataset.get('classes'), settings.get('classes')   # fixed: None for your own data
+    fixed, stored = dataset.classes, settings.get('classes')   # fixed: None for your own data
     if fixed is not None and stored is not None and stored != list(fixed):
         raise CheckpointError(f"{args.resume}: the checkpoint's {len(stored)} classes ({', '.join(stored[:3])}, "
                               "...) are not this dataset's; use the demo script of its dataset")

@@ -1,31 +1,38 @@
-"""Training and evaluation loops with the official torchnet-style hooks.
+"""Training and evaluation loops, torchnet-style: the epoch loop calls hooks that a subclass can override.
 
-``Engine`` -> ``MultiLabelMAPEngine`` -> ``GCNMultiLabelMAPEngine``. ``learning`` prepares the
-run, resumes, then either evaluates once or loops over epochs of ``train`` and ``validate``.
-One epoch (``run_epoch``) calls the hooks ``on_start_epoch``, then per batch ``on_start_batch``,
-``on_forward`` (forward, loss and, when training, backward and optimizer step) and
-``on_end_batch``, then ``on_end_epoch``; it returns ``epoch_results()``.
+``GCNMultiLabelMAPEngine`` keeps the official class name, so code written for ML-GCN or MSRN finds
+it. The official code split it over three classes (a generic ``Engine``, a multi-label one, the
+GCN one), of which only the last was ever built; here one class does the work of all three, since
+this repository trains one kind of model on one kind of batch.
 
-The configuration is kept in attributes (the constructor's keyword arguments). ``self.state``
-holds only the values of the current epoch and batch, which the hooks read and write:
+``learning`` prepares the run (transforms, resume, device, DDP, EMA), then either evaluates once or
+loops over epochs. One epoch (``run_epoch``) calls the hooks::
+
+    on_start_epoch()                                   reset the meters
+    for each batch:
+        on_start_batch(sample)                         the loader's batch onto the device
+        on_forward(training, model, criterion, optimizer)   forward, loss; backward and step when training
+        on_end_batch()                                 the meters take the batch
+    on_end_epoch(training, num_samples)                the epoch's results into state['results']
+
+Hooks read and write ``self.state``, which holds only the current epoch and batch:
 
 key               written by       meaning
 'epoch'           learning         0-based epoch being trained (or last trained)
-'training'        run_epoch        True in a training epoch, False in an evaluation
-'phase'           run_epoch        what runs: 'Epoch 3 train', 'Test' or 'EMA' (the averaged weights)
 'iteration'       run_epoch        batch index in the epoch
-'input', 'target' run_epoch        the loader's batch, as loaded
-'image', 'name'   on_start_batch   images on the device [B, 3, H, W]; file names
-'word_vectors'    on_start_batch   [B, C, 300] on the device (GCN engine)
-'target_gt'       on_start_batch   labels as loaded, {1, 0, -1} [B, C] (for the metrics)
-'target'          on_start_batch   loss targets {1, 1, 0} [B, C] float on the device
-'output', 'loss'  on_forward       logits [B, C]; the loss (scalar tensor)
+'images'          on_start_batch   images on the device (B, 3, H, W)
+'word_vectors'    on_start_batch   (B, C, 300) on the device, the same for every image
+'labels'          on_start_batch   labels as loaded: 1 present, 0 difficult, -1 absent (B, C), for the metrics
+'loss_target'     on_start_batch   the loss's {0, 1} targets (B, C) on the device
+'output', 'loss'  on_forward       logits (B, C); the loss (scalar tensor, group loss included)
 'loss_value'      on_forward       the loss as a float, mean over processes
 'meter_loss'      on_end_batch     running mean of 'loss_value' over the epoch
-'ap_meter'        on_end_batch     the epoch's scores and labels (multi-label engines)
-'results'         run_epoch        ``epoch_results()`` of the epoch, read by on_end_epoch
+'ap_meter'        on_end_batch     the epoch's scores and labels
+'results'         on_end_epoch     {'loss', 'mAP'} and, after a validation on rank 0, 'eval' (every metric)
 
-One code path for one process or many (torchrun + DistributedDataParallel).
+What an epoch leaves behind (checkpoint, eval JSON, log line, printed line) is written by
+``record_epoch`` through ``run_folder`` and ``report``, outside the loop. One code path for one
+process or many (torchrun + DistributedDataParallel).
 """
 import math
 import os
@@ -45,6 +52,7 @@ import distributed
 import metrics
 import report
 from errors import CheckpointError, NonFiniteLossError, NonFiniteOutputError, UsageError
+from run_folder import RunFolder, eval_record
 from util import (AveragePrecisionMeter, AverageValueMeter, ModelEma, MultiScaleCrop, eval_transform, get_rng_state,
                   set_rng_state)
 
@@ -67,8 +75,10 @@ def _grad_scaler(enabled):
     return torch.cuda.amp.GradScaler(enabled=enabled)  # torch < 2.3
 
 
-class Engine:
-    """Epoch loops, checkpoints and resume for a model ``output = model(input)``.
+class GCNMultiLabelMAPEngine:
+    """Epoch loops, checkpoints and resume for MSRN: batches ``((images, names, word_vectors), labels)``
+    with labels in {1, 0, -1}; ``model(images, word_vectors)`` returns ``(logits (B, C), group_loss)``
+    and the loss is ``criterion(logits, loss_target) + group_loss``.
 
     device: torch.device of this process. batch_size: per process. workers: loader processes.
     max_epochs: train epochs [start_epoch, max_epochs). start_epoch: first epoch without resume
@@ -84,17 +94,20 @@ class Engine:
     train_transform / val_transform: None for the official ones. loss_name: shown in the epoch
     line (losses of different kinds are not comparable). arch: the checkpoints' 'arch'.
     settings: further checkpoint entries (``checkpoint.settings_entries``), stored as given.
+    difficult_examples: leave label 0 out of AP (all four official demos do).
+    class_names: for the per-class AP table of the eval JSON (default: '0', '1', ...).
     """
 
     def __init__(self, *, device=torch.device('cpu'), batch_size=16, workers=4, max_epochs=20,
                  start_epoch=0, epoch_step=(30,), image_size=224, print_freq=0, save_dir=None,
                  resume=None, evaluate=False, eval_name='eval.json', seed=0, clip_grad_norm=None, amp=None,
                  progress=None, sync_bn=False, ema_decay=0.0, train_transform=None, val_transform=None,
-                 loss_name=None, arch=None, settings=None):
+                 loss_name=None, arch=None, settings=None, difficult_examples=True, class_names=None):
         self.device = torch.device(device)
         self.batch_size, self.workers, self.image_size = batch_size, workers, image_size
         self.max_epochs, self.start_epoch, self.epoch_step = max_epochs, start_epoch, list(epoch_step)
-        self.print_freq, self.save_dir, self.seed = print_freq, save_dir, seed
+        self.print_freq, self.seed = print_freq, seed
+        self.folder = RunFolder(save_dir if save_dir and distributed.is_main_process() else None)
         self.resume, self.evaluate, self.eval_name = resume, evaluate, eval_name
         self.clip_grad_norm = clip_grad_norm
         self.amp = self.device.type == 'cuda' if amp is None else amp
@@ -102,45 +115,65 @@ class Engine:
         self.sync_bn, self.ema_decay = sync_bn, ema_decay
         self.train_transform, self.val_transform = train_transform, val_transform
         self.loss_name, self.arch, self.settings = loss_name, arch, dict(settings or {})
+        self.difficult_examples = difficult_examples
+        self.class_names = list(class_names) if class_names is not None else None
         self.best_score = 0.0
         self.ema = None  # ModelEma when ema_decay > 0, made by learning()
         # One scaler for the whole run: its scale adapts across iterations and is checkpointed.
         self.scaler = _grad_scaler(self.amp)
-        self.state = {'meter_loss': AverageValueMeter()}
+        self.state = {'meter_loss': AverageValueMeter(), 'ap_meter': AveragePrecisionMeter(difficult_examples)}
 
-    # ---- hooks ------------------------------------------------------------------------------
-    def on_start_epoch(self, training, model, criterion, data_loader, optimizer=None, display=True):
+    # ---- one epoch: the loop and its hooks, in the order they run ------------------------------
+    def run_epoch(self, training, data_loader, model, criterion, optimizer=None, desc=''):
+        """One pass over ``data_loader`` through the hooks; returns ``state['results']``."""
+        s = self.state
+        self.on_start_epoch()
+        main = distributed.is_main_process()
+        bar = tqdm(data_loader, desc=desc, leave=False, dynamic_ncols=True, disable=not (self.progress and main))
+        end = time.perf_counter()
+        for i, sample in enumerate(bar):
+            data_time = time.perf_counter() - end
+            s['iteration'] = i
+            self.on_start_batch(sample)
+            self.on_forward(training, model, criterion, optimizer)
+            self.on_end_batch()
+            batch_time = time.perf_counter() - end
+            end = time.perf_counter()
+            if self.print_freq and i % self.print_freq == 0 and main:
+                tqdm.write(f'{desc} [{i}/{len(data_loader)}]  time {batch_time:.3f}  data {data_time:.3f}  '
+                           f"loss {s['loss_value']:.4f} ({s['meter_loss'].value()[0]:.4f})")
+            bar.set_postfix(loss=f"{s['meter_loss'].value()[0]:.4f}",
+                            img_s=f"{len(s['labels']) / max(batch_time, 1e-9):.1f}", refresh=False)
+        bar.close()
+        self.on_end_epoch(training, len(data_loader.dataset))
+        return s['results']
+
+    def on_start_epoch(self):
         self.state['meter_loss'].reset()
+        self.state['ap_meter'].reset()
 
-    def on_end_epoch(self, training, model, criterion, data_loader, optimizer=None, display=True):
-        """Called once ``state['results']`` holds the epoch's results."""
+    def on_start_batch(self, sample):
+        """Unpack the loader's ``((images, names, word_vectors), labels)`` onto the device."""
+        (images, _names, word_vectors), labels = sample
+        s = self.state
+        s['images'] = images.to(self.device, non_blocking=True)
+        s['word_vectors'] = word_vectors.float().to(self.device, non_blocking=True)
+        s['labels'] = labels
+        # MultiLabelSoftMarginLoss wants {0, 1}: present and difficult -> 1 (official quirk:
+        # difficult counts as positive in training), absent -> 0.
+        s['loss_target'] = (labels >= 0).float().to(self.device, non_blocking=True)
 
-    def on_start_batch(self, training, model, criterion, data_loader, optimizer=None, display=True):
-        self.state['input'] = self.state['input'].to(self.device, non_blocking=True)
-        self.state['target'] = self.state['target'].to(self.device, non_blocking=True)
-
-    def on_forward(self, training, model, criterion, data_loader, optimizer=None, display=True):
-        """Forward and loss (float16 autocast when amp); when training, also backward and step."""
+    def on_forward(self, training, model, criterion, optimizer):
+        """Forward and loss (float16 autocast when amp); when training, backward, optional
+        clipping, optimizer step and EMA update."""
         s = self.state
         with torch.set_grad_enabled(training), \
                 torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
-            s['output'], s['loss'] = self.output_and_loss(model, criterion)
+            s['output'], group_loss = model(s['images'], s['word_vectors'])
+            s['loss'] = criterion(s['output'], s['loss_target']) + group_loss
         s['loss_value'] = distributed.mean_over_processes(s['loss'].item())
-        if training:
-            self.backward_and_step(model, optimizer)
-
-    def on_end_batch(self, training, model, criterion, data_loader, optimizer=None, display=True):
-        self.state['meter_loss'].add(self.state['loss_value'])
-
-    # ---- what a batch computes --------------------------------------------------------------
-    def output_and_loss(self, model, criterion):
-        """(output, loss) of the current batch; subclasses adapt this to their model."""
-        output = model(self.state['input'])
-        return output, criterion(output, self.state['target'])
-
-    def backward_and_step(self, model, optimizer):
-        """Backward of ``state['loss']``, optional clipping, optimizer step, EMA update."""
-        s = self.state
+        if not training:
+            return
         if not math.isfinite(s['loss_value']):
             raise NonFiniteLossError(
                 f"training loss is {s['loss_value']} at epoch {s['epoch'] + 1}, batch {s['iteration']}: "
@@ -155,14 +188,107 @@ class Engine:
         if self.ema is not None:
             self.ema.update()
 
-    def epoch_results(self, training, data_loader):
-        """What an epoch measured: {'loss': mean loss}; subclasses add their metrics ('mAP', which
-        ``learning`` needs to keep the best weights)."""
-        return {'loss': self.state['meter_loss'].value()[0]}
+    def on_end_batch(self):
+        self.state['meter_loss'].add(self.state['loss_value'])
+        self.state['ap_meter'].add(self.state['output'].detach(), self.state['labels'])
 
-    # ---- set-up -----------------------------------------------------------------------------
-    def init_learning(self, model, criterion):
-        """Default transforms (official): multi-scale crop + flip for training, warp for eval."""
+    def on_end_epoch(self, training, num_samples):
+        """``state['results']``: the mean loss and the mAP (percent) over every process's scores;
+        after a validation, rank 0 also gets 'eval', every metric (``metrics.evaluate``)."""
+        meter = self.state['ap_meter']
+        scores = distributed.gather_in_order(meter.scores, num_samples)
+        targets = distributed.gather_in_order(meter.targets, num_samples)
+        broken = int((~torch.isfinite(scores)).any(1).sum())
+        if broken and not training:  # every process sees the gathered scores, so all stop together
+            raise NonFiniteOutputError(
+                f'{broken} of {num_samples} evaluation images got NaN or infinite scores: the model overflowed '
+                '(float16 autocast on CUDA?) or its weights are broken; check the checkpoint, or try --device cpu')
+        results = {'loss': self.state['meter_loss'].value()[0]}
+        if training or not distributed.is_main_process():
+            results['mAP'] = metrics.mean_average_precision(
+                metrics.average_precision(scores, targets, self.difficult_examples))
+        else:
+            results['eval'] = metrics.evaluate(scores, targets, self.difficult_examples)
+            results['mAP'] = results['eval']['mAP']
+        self.state['results'] = results
+
+    def train(self, data_loader, model, criterion, optimizer, epoch):
+        model.train()
+        return self.run_epoch(True, data_loader, model, criterion, optimizer, f'Epoch {epoch + 1} train')
+
+    def validate(self, data_loader, model, criterion, label='Test'):
+        """One evaluation pass; prints the summary (rank 0) and returns the results."""
+        model.eval()
+        results = self.run_epoch(False, data_loader, model, criterion, desc=label)
+        if results.get('eval'):
+            print(report.format_summary(results['eval'], loss=results['loss'], label=label))
+        return results
+
+    def validate_ema(self, data_loader, criterion):
+        """Validate the weight average; its BatchNorm statistics are rank 0's (each process copied
+        its own after its last step), so every process evaluates the same model."""
+        distributed.broadcast_buffers(self.ema.module)
+        return self.validate(data_loader, self.ema.module, criterion, label='EMA')
+
+    # ---- the run ------------------------------------------------------------------------------
+    def learning(self, model, criterion, train_dataset, val_dataset, optimizer=None):
+        """Resume if asked, then evaluate once (``evaluate``: returns the mAP; ``train_dataset``
+        may be None) or train [start_epoch, max_epochs) (returns the best validation mAP)."""
+        net, val_loader, checkpoint = self.prepare(model, criterion, val_dataset)
+        if self.evaluate:
+            return self.evaluate_once(net, criterion, val_loader, resumed=checkpoint is not None)
+        train_loader = self.prepare_training(model, optimizer, train_dataset, checkpoint)
+        for epoch in range(self.start_epoch, self.max_epochs):
+            self.state['epoch'] = epoch
+            lrs = self.adjust_learning_rate(optimizer)
+            train_loader.sampler.set_epoch(epoch)
+            start = time.perf_counter()
+            train = self.train(train_loader, net, criterion, optimizer, epoch)
+            train_time = time.perf_counter() - start
+            val = self.validate(val_loader, net, criterion)
+            ema_val = self.validate_ema(val_loader, criterion) if self.ema else None
+            self.record_epoch(model, optimizer, dict(epoch=epoch + 1, lr=lrs, train=train, val=val, ema_val=ema_val,
+                                                  train_time=train_time, time=time.perf_counter() - start))
+        distributed.barrier()
+        return self.best_score
+
+    def prepare(self, model, criterion, val_dataset):
+        """Transforms, resumed weights, device, DDP, EMA; returns (network to run, eval loader,
+        the resumed checkpoint or None)."""
+        self.default_transforms(model)
+        val_dataset.transform = self.val_transform
+        checkpoint = self.resume_weights(model) if self.resume else None
+        if self.device.type == 'cuda':
+            torch.backends.cudnn.benchmark = True
+        model.to(self.device)
+        criterion.to(self.device)
+        net = self.wrap(model)
+        if self.ema_decay and not self.evaluate:  # after DDP made every process's weights rank 0's
+            self.ema = ModelEma(model, self.ema_decay)
+        return net, self.make_loader(val_dataset, training=False), checkpoint
+
+    def prepare_training(self, model, optimizer, train_dataset, checkpoint):
+        """Optimizer, scaler, EMA and random states of the resumed run; the log cut to the resumed
+        epoch; returns the training loader."""
+        if optimizer is None:
+            raise ValueError('training needs an optimizer')
+        train_dataset.transform = self.train_transform
+        for group in optimizer.param_groups:
+            group.setdefault('initial_lr', group['lr'])
+        if checkpoint is not None:
+            self.resume_training(checkpoint, optimizer)
+        train_loader = self.make_loader(train_dataset, training=True)
+        if self.folder:
+            self.folder.truncate_log(self.start_epoch)
+        if self.start_epoch >= self.max_epochs:
+            print(f'=> nothing to train: start epoch {self.start_epoch} >= epochs {self.max_epochs}')
+        if checkpoint is not None and 'rng' in checkpoint:  # last: nothing above may draw from them
+            rng = checkpoint['rng']
+            set_rng_state(rng[distributed.get_rank()] if len(rng) == distributed.get_world_size() else rng[0])
+        return train_loader
+
+    def default_transforms(self, model):
+        """The official ones, unless given: multi-scale crop + flip for training, warp for evaluation."""
         size = self.image_size
         normalize = transforms.Normalize(mean=model.image_normalization_mean, std=model.image_normalization_std)
         if self.train_transform is None:
@@ -180,10 +306,11 @@ class Engine:
                            pin_memory=self.device.type == 'cuda', persistent_workers=self.workers > 0)
 
     def adjust_learning_rate(self, optimizer):
-        """Set every group's lr from its base lr ('initial_lr') and the epoch; return the lrs."""
+        """Set every group's lr from its base lr ('initial_lr') and the epoch; return the lrs in
+        group order (trunk, head)."""
         for group in optimizer.param_groups:
             group['lr'] = lr_at(group['initial_lr'], self.state['epoch'], self.epoch_step)
-        return sorted({group['lr'] for group in optimizer.param_groups})
+        return [group['lr'] for group in optimizer.param_groups]
 
     def resume_weights(self, model):
         """Load ``resume`` into ``model`` (strict); set start epoch and best score; return the dict."""
@@ -232,106 +359,49 @@ class Engine:
         # so DDP can skip the per-iteration search for unused ones.
         return DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == 'cuda' else None)
 
-    # ---- loops ------------------------------------------------------------------------------
-    def learning(self, model, criterion, train_dataset, val_dataset, optimizer=None):
-        """Resume if asked, then evaluate once (``evaluate``: returns the mAP; ``train_dataset``
-        may be None) or train [start_epoch, max_epochs) (returns the best validation mAP)."""
-        net, val_loader, checkpoint = self.prepare(model, criterion, val_dataset)
-        if self.evaluate:
-            return self.evaluate_once(net, criterion, val_loader, resumed=checkpoint is not None)
-        train_loader = self.prepare_training(model, optimizer, train_dataset, checkpoint)
-        for epoch in range(self.start_epoch, self.max_epochs):
-            self.state['epoch'] = epoch
-            lrs = self.adjust_learning_rate(optimizer)
-            train_loader.sampler.set_epoch(epoch)
-            start = time.perf_counter()
-            train = self.train(train_loader, net, criterion, optimizer, epoch)
-            train_time = time.perf_counter() - start
-            val = self.validate(val_loader, net, criterion)
-            ema_val = self.validate_ema(val_loader, criterion) if self.ema else None
-            self.end_training_epoch(model, optimizer, epoch, lrs, train, val, ema_val,
-                                    train_time, time.perf_counter() - start)
-        distributed.barrier()
-        return self.best_score
-
-    def prepare(self, model, criterion, val_dataset):
-        """Transforms, resumed weights, device, DDP, EMA; returns (network to run, eval loader,
-        the resumed checkpoint or None)."""
-        self.init_learning(model, criterion)
-        val_dataset.transform = self.val_transform
-        checkpoint = self.resume_weights(model) if self.resume else None
-        if self.device.type == 'cuda':
-            torch.backends.cudnn.benchmark = True
-        model.to(self.device)
-        criterion.to(self.device)
-        net = self.wrap(model)
-        if self.ema_decay and not self.evaluate:  # after DDP made every process's weights rank 0's
-            self.ema = ModelEma(model, self.ema_decay)
-        return net, self.make_loader(val_dataset, training=False), checkpoint
-
-    def prepare_training(self, model, optimizer, train_dataset, checkpoint):
-        """Optimizer, scaler, EMA and random states of the resumed run; the log cut to the resumed
-        epoch; returns the training loader."""
-        if optimizer is None:
-            raise ValueError('training needs an optimizer')
-        train_dataset.transform = self.train_transform
-        for group in optimizer.param_groups:
-            group.setdefault('initial_lr', group['lr'])
-        if checkpoint is not None:
-            self.resume_training(checkpoint, optimizer)
-        train_loader = self.make_loader(train_dataset, training=True)
-        if self.save_dir and distributed.is_main_process():
-            report.truncate_log(self.save_dir, self.start_epoch)
-        if self.start_epoch >= self.max_epochs:
-            print(f'=> nothing to train: start epoch {self.start_epoch} >= epochs {self.max_epochs}')
-        if checkpoint is not None and 'rng' in checkpoint:  # last: nothing above may draw from them
-            rng = checkpoint['rng']
-            set_rng_state(rng[distributed.get_rank()] if len(rng) == distributed.get_world_size() else rng[0])
-        return train_loader
-
     def evaluate_once(self, model, criterion, val_loader, resumed):
         """The ``evaluate`` branch of ``learning``: validate, write the eval JSON, return the mAP."""
         if not resumed:
             print('=> evaluating the weights as built (no resume checkpoint given)')
         results = self.validate(val_loader, model, criterion)
-        if self.save_dir and distributed.is_main_process():
-            self.write_eval(self.eval_name, results, epoch=self.start_epoch)
+        if self.folder:
+            self.folder.write_eval(self.eval_name, self.eval_record(results, epoch=self.start_epoch))
         distributed.barrier()  # every process returns once rank 0 has written its files
         return results['mAP']
 
-    def end_training_epoch(self, model, optimizer, epoch, lrs, train, val, ema_val, train_time, total_time):
-        """Keep the best score, write checkpoints, eval JSON, log line and curves; print the epoch line."""
+    # ---- what an epoch leaves behind ------------------------------------------------------------
+    def record_epoch(self, model, optimizer, epoch):
+        """Keep the best score; write the checkpoints, the eval JSON, the log line and curves; print the
+        epoch line. ``epoch``: epoch (1-based), lr, train / val / ema_val results, train_time, time."""
+        val, ema_val = epoch['val'], epoch['ema_val']
         scores = {'model': val['mAP'], 'ema': ema_val['mAP'] if ema_val else math.nan}
         winner = max(scores, key=lambda k: -math.inf if math.isnan(scores[k]) else scores[k])
         is_best = scores[winner] > self.best_score  # False for a NaN mAP, which must not become the best
         if is_best:
             self.best_score = scores[winner]
-        record = dict(epoch=epoch + 1, lr=lrs, train_loss=train['loss'], train_mAP=train['mAP'],
-                      val_loss=val['loss'], val_mAP=val['mAP'], best_mAP=self.best_score,
-                      train_time_s=round(train_time, 3), time_s=round(total_time, 3))
+        record = dict(epoch=epoch['epoch'], lr=epoch['lr'], train_loss=epoch['train']['loss'],
+                      train_mAP=epoch['train']['mAP'], val_loss=val['loss'], val_mAP=val['mAP'],
+                      best_mAP=self.best_score, train_time_s=round(epoch['train_time'], 3),
+                      time_s=round(epoch['time'], 3))
         if ema_val:
             record.update(ema_val_loss=ema_val['loss'], ema_val_mAP=ema_val['mAP'])
-        self.save_epoch(model, optimizer, record, best_from=winner if is_best else None)
-        if self.save_dir and distributed.is_main_process():
-            self.write_eval(f'eval_epoch{epoch + 1:03d}.json', val, epoch=epoch + 1,
-                            **({'ema': self.eval_record(ema_val)} if ema_val else {}))
-            report.append_log(self.save_dir, record)
-            report.plot_curves(self.save_dir)
-        ema_part = f" EMA mAP {ema_val['mAP']:.3f}" if ema_val else ''
-        best_part = ' (EMA weights)' if is_best and winner == 'ema' else ''
-        print(f"Epoch {epoch + 1}/{self.max_epochs}  lr {', '.join(f'{lr:g}' for lr in lrs)}  "
-              f"train loss{f' ({self.loss_name})' if self.loss_name else ''} {train['loss']:.4f} "
-              f"mAP {train['mAP']:.2f}  "
-              f"val loss {val['loss']:.4f} mAP {val['mAP']:.3f}{ema_part}  "
-              f'best {self.best_score:.3f}{best_part}  {total_time:.1f}s')
+        state, best = self.checkpoints(model, optimizer, record['epoch'], best_from=winner if is_best else None)
+        if self.folder:
+            self.folder.save_checkpoint(state, best)
+            self.folder.write_eval(f"eval_epoch{record['epoch']:03d}.json", self.eval_record(
+                val, epoch=record['epoch'], **({'ema': self.eval_record(ema_val)} if ema_val else {})))
+            self.folder.log_epoch(record)
+        print(report.format_epoch_line(record, self.max_epochs, self.loss_name,
+                                       best_from=winner if is_best else None))
 
-    def save_epoch(self, model, optimizer, record, best_from=None):
-        """``checkpoint.pth.tar`` (everything an exact resume needs) and, when ``best_from`` names the
-        weights that scored best ('model' or 'ema'), ``model_best.pth.tar`` (weights and settings only)."""
-        rng = distributed.all_gather_objects(get_rng_state())  # every process's generators
-        if not (self.save_dir and distributed.is_main_process()):
-            return
-        official = {'epoch': record['epoch'], 'arch': self.arch, 'state_dict': model.state_dict(),
+    def checkpoints(self, model, optimizer, epoch, best_from=None):
+        """(``checkpoint.pth.tar``'s dict: everything an exact resume needs, ``model_best.pth.tar``'s
+        dict or None): the best holds the weights named by ``best_from`` ('model' or 'ema') and the
+        settings only. Every process must call it (it gathers the random generators' states)."""
+        rng = distributed.all_gather_objects(get_rng_state())
+        if not self.folder:
+            return None, None
+        official = {'epoch': epoch, 'arch': self.arch, 'state_dict': model.state_dict(),
                     'best_score': self.best_score}
         state = {**official, **self.settings, 'optimizer': optimizer.state_dict(),
                  'scaler': self.scaler.state_dict(), 'rng': rng}
@@ -341,129 +411,8 @@ class Engine:
         if best_from is not None:
             weights = state['ema'] if best_from == 'ema' else official['state_dict']
             best = {**official, 'state_dict': weights, **self.settings, 'best_weights': best_from}
-        ckpt.save_checkpoint(state, self.save_dir, best)
+        return state, best
 
-    def eval_record(self, results):
-        """The JSON record of a validation's results (multi-label engines)."""
-        return report.eval_record(results['eval'], getattr(self, 'class_names', None), loss=results['loss'])
-
-    def write_eval(self, name, results, **extra):
-        """``save_dir/name``: the eval JSON of a validation (when it computed the full metrics)."""
-        if results.get('eval'):
-            report.write_json(os.path.join(self.save_dir, name), {**extra, **self.eval_record(results)})
-
-    def train(self, data_loader, model, criterion, optimizer, epoch):
-        model.train()
-        return self.run_epoch(True, data_loader, model, criterion, optimizer, f'Epoch {epoch + 1} train')
-
-    def validate(self, data_loader, model, criterion, label='Test'):
-        model.eval()
-        return self.run_epoch(False, data_loader, model, criterion, None, label)
-
-    def validate_ema(self, data_loader, criterion):
-        """Validate the weight average; its BatchNorm statistics are rank 0's (each process copied
-        its own after its last step), so every process evaluates the same model."""
-        distributed.broadcast_buffers(self.ema.module)
-        return self.validate(data_loader, self.ema.module, criterion, label='EMA')
-
-    def run_epoch(self, training, data_loader, model, criterion, optimizer, desc):
-        """One pass over ``data_loader`` through the hooks; returns ``epoch_results``."""
-        s = self.state
-        s['training'], s['phase'] = training, desc
-        self.on_start_epoch(training, model, criterion, data_loader, optimizer)
-        main = distributed.is_main_process()
-        bar = tqdm(data_loader, desc=desc, leave=False, dynamic_ncols=True, disable=not (self.progress and main))
-        end = time.perf_counter()
-        for i, (input, target) in enumerate(bar):
-            data_time = time.perf_counter() - end
-            s['iteration'], s['input'], s['target'] = i, input, target
-            self.on_start_batch(training, model, criterion, data_loader, optimizer)
-            self.on_forward(training, model, criterion, data_loader, optimizer)
-            self.on_end_batch(training, model, criterion, data_loader, optimizer)
-            batch_time = time.perf_counter() - end
-            end = time.perf_counter()
-            if self.print_freq and i % self.print_freq == 0 and main:
-                tqdm.write(f'{desc} [{i}/{len(data_loader)}]  time {batch_time:.3f}  data {data_time:.3f}  '
-                           f"loss {s['loss_value']:.4f} ({s['meter_loss'].value()[0]:.4f})")
-            bar.set_postfix(loss=f"{s['meter_loss'].value()[0]:.4f}",
-                            img_s=f'{len(target) / max(batch_time, 1e-9):.1f}', refresh=False)
-        bar.close()
-        s['results'] = self.epoch_results(training, data_loader)
-        self.on_end_epoch(training, model, criterion, data_loader, optimizer)
-        return s['results']
-
-
-class MultiLabelMAPEngine(Engine):
-    """Multi-label engine: batches ``((image, name), target)`` with targets in {1, 0, -1};
-    measures AP; ``model(image)`` returns logits [B, C].
-
-    difficult_examples: leave label 0 out of AP (all four official demos do).
-    class_names: for the per-class AP table of the eval JSON (default: '0', '1', ...).
-    """
-
-    def __init__(self, *, difficult_examples=True, class_names=None, **kwargs):
-        super().__init__(**kwargs)
-        self.difficult_examples = difficult_examples
-        self.class_names = list(class_names) if class_names is not None else None
-        self.state['ap_meter'] = AveragePrecisionMeter(difficult_examples)
-
-    def on_start_epoch(self, training, model, criterion, data_loader, optimizer=None, display=True):
-        super().on_start_epoch(training, model, criterion, data_loader, optimizer, display)
-        self.state['ap_meter'].reset()
-
-    def on_start_batch(self, training, model, criterion, data_loader, optimizer=None, display=True):
-        s = self.state
-        s['image'] = s['input'][0].to(self.device, non_blocking=True)
-        s['name'] = s['input'][1]
-        s['target_gt'] = s['target']
-        # MultiLabelSoftMarginLoss wants {0, 1}: present and difficult -> 1 (official quirk:
-        # difficult counts as positive in training), absent -> 0. A new tensor: target_gt stays intact.
-        s['target'] = (s['target_gt'] >= 0).float().to(self.device, non_blocking=True)
-
-    def output_and_loss(self, model, criterion):
-        logits = model(self.state['image'])
-        return logits, criterion(logits, self.state['target'])
-
-    def on_end_batch(self, training, model, criterion, data_loader, optimizer=None, display=True):
-        super().on_end_batch(training, model, criterion, data_loader, optimizer, display)
-        self.state['ap_meter'].add(self.state['output'].detach(), self.state['target_gt'])
-
-    def epoch_results(self, training, data_loader):
-        """Adds 'mAP' (percent) over every process's scores and, on validation (rank 0), 'eval':
-        every metric (``metrics.evaluate``)."""
-        results = super().epoch_results(training, data_loader)
-        meter, total = self.state['ap_meter'], len(data_loader.dataset)
-        scores = distributed.gather_in_order(meter.scores, total)
-        targets = distributed.gather_in_order(meter.targets, total)
-        broken = int((~torch.isfinite(scores)).any(1).sum())
-        if broken and not training:  # every process sees the gathered scores, so all stop together
-            raise NonFiniteOutputError(
-                f'{broken} of {total} evaluation images got NaN or infinite scores: the model overflowed '
-                '(float16 autocast on CUDA?) or its weights are broken; check the checkpoint, or try --device cpu')
-        if training or not distributed.is_main_process():
-            results['mAP'] = metrics.mean_average_precision(
-                metrics.average_precision(scores, targets, self.difficult_examples))
-        else:
-            results['eval'] = metrics.evaluate(scores, targets, self.difficult_examples)
-            results['mAP'] = results['eval']['mAP']
-        return results
-
-    def on_end_epoch(self, training, model, criterion, data_loader, optimizer=None, display=True):
-        """Prints the evaluation summary after a validation (rank 0)."""
-        results = self.state['results']
-        if display and results.get('eval'):
-            print(report.format_summary(results['eval'], loss=results['loss'], label=self.state['phase']))
-
-
-class GCNMultiLabelMAPEngine(MultiLabelMAPEngine):
-    """MSRN's engine: batches ``((image, name, word_vectors [B, C, 300]), target)``;
-    ``model(image, word_vectors)`` returns ``(logits [B, C], group_loss)``, and the loss is
-    ``criterion(logits, y) + group_loss``."""
-
-    def on_start_batch(self, training, model, criterion, data_loader, optimizer=None, display=True):
-        super().on_start_batch(training, model, criterion, data_loader, optimizer, display)
-        self.state['word_vectors'] = self.state['input'][2].float().to(self.device, non_blocking=True)
-
-    def output_and_loss(self, model, criterion):
-        logits, group_loss = model(self.state['image'], self.state['word_vectors'])
-        return logits, criterion(logits, self.state['target']) + group_loss
+    def eval_record(self, results, **extra):
+        """The eval JSON record of a validation's results (rank 0)."""
+        return eval_record(results['eval'], self.class_names, loss=results['loss'], **extra)

@@ -12,7 +12,6 @@ label, where it attends at the three layers, overlaid on the image.
 import os
 import sys
 
-import numpy as np
 import torch
 
 import checkpoint as ckpt
@@ -22,65 +21,11 @@ import demo_coco_gcn
 import demo_nuswide_gcn
 import demo_voc2007_gcn
 import distributed
-import label_files
 from dataset_base import read_image
-from errors import CheckpointError
-from models import MSRN
 from util import eval_transform
 
-DATASETS = {d['name']: d for d in (demo_voc2007_gcn.DATASET, demo_coco_gcn.DATASET, demo_nuswide_gcn.DATASET,
-                                   demo_apparel_gcn.DATASET)}
-RELEASED_IMAGE_SIZE = 448  # the released models were trained and evaluated at 448 px
-
-
-def get_args_parser():
-    parser = cli.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('images', nargs='+', metavar='IMAGE', help='image files')
-    parser.add_argument('--resume', required=True, metavar='CKPT', help='checkpoint (ours or a released one)')
-    parser.add_argument('--dataset', default=None, choices=list(DATASETS),
-                        help="a released checkpoint's dataset (default: recognised by its class count)")
-    parser.add_argument('--image-size', '-i', default=RELEASED_IMAGE_SIZE, type=int, metavar='N',
-                        help=f"image side the model sees (default: the checkpoint's, else {RELEASED_IMAGE_SIZE})")
-    parser.add_argument('--threshold', default=0.5, type=float, metavar='P',
-                        help='show labels with probability >= P (default: 0.5)')
-    parser.add_argument('--top-k', default=5, type=int, metavar='K', help='show at most K labels (default: 5)')
-    parser.add_argument('--attention', metavar='OUT_DIR', help='write attention-map PNGs here')
-    cli.add_model_arguments(parser)
-    cli.add_label_file_arguments(parser)
-    cli.add_device_argument(parser)
-    return parser
-
-
-def released_dataset(args, checkpoint):
-    """The DATASET dict of a checkpoint without class names: ``--dataset``, or its class count."""
-    if args.dataset:
-        return DATASETS[args.dataset]
-    num_classes = ckpt.bare_state_dict(checkpoint, f'{args.resume}: ')['fc2.weight'].shape[0]
-    matches = [d for d in DATASETS.values() if len(d['classes']) == num_classes]
-    if not matches:
-        raise CheckpointError(f'{args.resume}: {num_classes} classes and no class names stored; '
-                              f'pass --dataset ({", ".join(DATASETS)}) if it is one of these')
-    return matches[0]
-
-
-def build_model(args, given, checkpoint):
-    """(model in eval mode with the checkpoint's weights, word vectors [C, 300], class names)."""
-    settings = ckpt.stored_settings(checkpoint)
-    cli.restore_settings(args, given, settings.get('args', {}), keys=cli.MODEL_SETTINGS)
-    cli.take_checkpoint_backbone(args, given, checkpoint)
-    dataset = None if 'classes' in settings else released_dataset(args, checkpoint)
-    classes = settings['classes'] if dataset is None else dataset['classes']
-    name = dataset['name'] if dataset else None
-    if args.pool_ratio is None:
-        args.pool_ratio = dataset['pool_ratio']
-    graph = cli.label_graph_input(args, given, settings, dataset or {'name': None}, num_classes=len(classes))
-    words = cli.word_vectors_input(args, given, settings)
-    if not isinstance(words, np.ndarray):  # a file (word vectors or GloVe text): given, or the dataset's
-        words = label_files.class_word_vectors(words or label_files.default_file(name, 'word'), classes,
-                                               download=args.download)
-    model = MSRN(len(classes), args.pool_ratio, args.backbone, graph)
-    ckpt.load_checkpoint(model, checkpoint)
-    return model.eval(), torch.as_tensor(words), classes
+RELEASED = {spec.name: spec for spec in (demo_voc2007_gcn.DATASET, demo_coco_gcn.DATASET, demo_nuswide_gcn.DATASET,
+                                         demo_apparel_gcn.DATASET)}
 
 
 def top_labels(probabilities, classes, threshold, k):
@@ -115,7 +60,7 @@ def save_attention_png(path, image, labels, maps):
 
 def predict(args, given):
     device = distributed.init_distributed_mode(args.device)  # one process: just picks the device
-    model, words, classes = build_model(args, given, ckpt.read_checkpoint(args.resume))
+    model, words, classes = cli.build_trained_model(args, given, ckpt.read_checkpoint(args.resume), RELEASED)
     model.to(device)
     words = words.to(device)
     transform = eval_transform(args.image_size, model.image_normalization_mean, model.image_normalization_std)
@@ -144,7 +89,7 @@ def predict(args, given):
 
 
 def main(argv=None):
-    args, given = cli.parse_args(get_args_parser(), argv)
+    args, given = cli.parse_args(cli.get_predict_parser(RELEASED), argv)
     return cli.guarded(predict, args, given)
 
 

@@ -164,7 +164,7 @@ def test_evaluation_reads_nothing_of_the_training_split(name, synthetic, tmp_pat
     shutil.copytree(info['root'], root)
     info = {k: (v.replace(info['root'], str(root)) if isinstance(v, str) else v) for k, v in info.items()}
     drop_training_split(name, str(root), info)
-    num_classes = len(DEMOS[name].DATASET['classes'])
+    num_classes = len(DEMOS[name].DATASET.classes)
     graph = label_files.load_adjacency(info['graph_file'], num_classes)
     official_checkpoint(str(tmp_path / 'released.pth.tar'), num_classes, POOL_RATIOS[name], 'resnet18', graph)
     argv = [str(root), '-graph_file', info['graph_file'], '-word_file', info['word_file'], '--backbone', 'resnet18',
@@ -181,7 +181,7 @@ def test_evaluation_reads_nothing_of_the_training_split(name, synthetic, tmp_pat
     assert '\r' in err   # --progress: bars even when stderr is not a terminal
     result = json.loads((tmp_path / 'out' / 'eval_released.json').read_text())
     assert result['epoch'] == 20 and [r['class'] for r in result['per_class_ap']] == \
-        list(DEMOS[name].DATASET['classes'])
+        list(DEMOS[name].DATASET.classes)
 
 
 # ---------------------------------------------------------------------------------------------

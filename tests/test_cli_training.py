@@ -198,7 +198,7 @@ def test_coco_and_nuswide_train_through_their_scripts(demo, config, num_classes,
     """Left out of the default run: 80 classes make a 2 GB checkpoint (fc1 alone: 264 M weights)."""
     info = synthetic(config, n_train=8, n_val=4)
     assert demo.main(demo.DATASET, train_argv(info, tmp_path, '--epochs', '1')) == 0
-    assert_official(load(tmp_path / CHECKPOINT), 1, num_classes, demo.DATASET['pool_ratio'], config=config)
+    assert_official(load(tmp_path / CHECKPOINT), 1, num_classes, demo.DATASET.pool_ratio, config=config)
 
 
 @pytest.mark.long

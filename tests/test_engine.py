@@ -34,11 +34,9 @@ def test_lr_is_a_function_of_epoch():
 
 def test_loss_targets_map_difficult_to_positive():
     engine = make_engine()
-    engine.state['input'] = (torch.zeros(1, 3, 4, 4), ['x'], torch.zeros(1, 4, 300))
-    engine.state['target'] = torch.tensor([[1, 0, -1, 1]])
-    engine.on_start_batch(True, None, None, None)
-    assert engine.state['target'].tolist() == [[1.0, 1.0, 0.0, 1.0]]
-    assert engine.state['target_gt'].tolist() == [[1, 0, -1, 1]]  # kept for the metrics
+    engine.on_start_batch(((torch.zeros(1, 3, 4, 4), ['x'], torch.zeros(1, 4, 300)), torch.tensor([[1, 0, -1, 1]])))
+    assert engine.state['loss_target'].tolist() == [[1.0, 1.0, 0.0, 1.0]]
+    assert engine.state['labels'].tolist() == [[1, 0, -1, 1]]  # kept for the metrics
     assert engine.state['word_vectors'].shape == (1, 4, 300)
 
 

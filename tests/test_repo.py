@@ -44,6 +44,24 @@ def test_the_engine_depends_on_neither_the_model_nor_the_command_line():
     assert 'args' not in names
 
 
+def modules_reading_attributes_of_args():
+    """The top-level modules in which a name ``args`` has its attributes read (parsed arguments)."""
+    found = set()
+    for name in sorted(os.listdir(REPO)):
+        if name.endswith('.py'):
+            nodes = ast.walk(ast.parse(read(name)))
+            if any(isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id == 'args'
+                   for n in nodes):
+                found.add(name)
+    return found
+
+
+def test_cli_docstring_names_exactly_the_modules_that_read_the_parsed_arguments():
+    doc = ast.get_docstring(ast.parse(read('cli.py')))
+    sentence = re.search(r'^Modules that read the parsed arguments: (.*?)\.$', doc, re.M).group(1)
+    assert set(re.findall(r'\w+\.py', sentence)) == modules_reading_attributes_of_args() != set()
+
+
 def test_readme_test_section_names_every_command_ci_runs():
     ci_tests = [line for line in read('.ci/run').splitlines() if line.startswith('python -m pytest')]
     assert ci_tests == ['python -m pytest -q', 'python -m pytest -q -m long']

@@ -65,15 +65,14 @@ def test_ema_resumes_bit_for_bit(tmp_path):
 def test_best_weights_are_whichever_scored_higher(tmp_path, monkeypatch):
     """Validation mAPs forced per epoch: (model, EMA) = (50, 40), (60, 70), (65, 55): the best is the EMA of epoch 2."""
     forced = iter([50.0, 40.0, 60.0, 70.0, 65.0, 55.0])
-    real = type(make_engine()).epoch_results
+    real = type(make_engine()).on_end_epoch
 
-    def epoch_results(self, training, data_loader):
-        results = real(self, training, data_loader)
+    def on_end_epoch(self, training, num_samples):
+        real(self, training, num_samples)
         if not training:
-            results['mAP'] = results['eval']['mAP'] = next(forced)
-        return results
+            self.state['results']['mAP'] = self.state['results']['eval']['mAP'] = next(forced)
 
-    monkeypatch.setattr(type(make_engine()), 'epoch_results', epoch_results)
+    monkeypatch.setattr(type(make_engine()), 'on_end_epoch', on_end_epoch)
     _, engine = run(tmp_path, 3, ema_decay=0.5)
     full = torch.load(tmp_path / 'checkpoint.pth.tar', weights_only=True)
     best = torch.load(tmp_path / 'model_best.pth.tar', weights_only=True)

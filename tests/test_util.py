@@ -1,12 +1,9 @@
-import os
 import random
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 
-import checkpoint
 from util import MultiScaleCrop, Warp, get_rng_state, seed_everything, set_rng_state
 
 
@@ -43,21 +40,3 @@ def test_rng_state_round_trip_through_weights_only_file(tmp_path):
     set_rng_state(torch.load(path, weights_only=True)['rng'])
     second = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(first[0], second[0]) and np.array_equal(first[1], second[1]) and first[2] == second[2]
-
-
-def test_atomic_save_survives_a_crash_during_save(tmp_path, monkeypatch):
-    checkpoint.save_checkpoint({'epoch': 1}, tmp_path, best={'epoch': 1})
-    real_save = torch.save
-
-    def crash(obj, f, *args, **kwargs):
-        with open(f, 'wb') as fh:
-            fh.write(b'half a checkpoint')  # a partial write, then the process "dies"
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(torch, 'save', crash)
-    with pytest.raises(KeyboardInterrupt):
-        checkpoint.save_checkpoint({'epoch': 2}, tmp_path, best={'epoch': 2})
-    monkeypatch.setattr(torch, 'save', real_save)
-    for name in ('checkpoint.pth.tar', 'model_best.pth.tar'):
-        assert torch.load(tmp_path / name, weights_only=True) == {'epoch': 1}
-    assert sorted(os.listdir(tmp_path)) == ['checkpoint.pth.tar', 'model_best.pth.tar']  # no temp file left
