@@ -6,7 +6,7 @@ from custom import CustomClassification, build_label_graph
 
 DATASET = {
     'name': 'custom',
-    'title': 'your own data (train.csv and val.csv, see README "Your own data")',
+    'title': 'your own data (train.csv and val.csv, see docs/datasets.md)',
     'layout': 'holds train.csv and val.csv (header filepath,labels; labels separated by |), '
               'optionally classes.txt',
     'loader': CustomClassification,
