@@ -5,8 +5,10 @@ A checkpoint is a dict with the official keys, which the official code reads too
 (best mAP in percent). Ours add the run's settings, so that evaluation, resume and prediction
 need nothing else: ``args`` (the command-line settings), ``classes`` (class names), ``adj`` and
 ``nums`` (the label graph's counts), ``word_vectors`` [C, 300]. ``checkpoint.pth.tar`` also holds
-what an exact resume needs: ``optimizer``, ``scaler`` (GradScaler), ``rng``
-(every process's generators), ``ema`` (the weight average, when on). Everything is tensors and
+what an exact resume needs: ``optimizer``, ``scaler`` (GradScaler), ``rng`` (Python, numpy, torch
+and CUDA generators of every process), ``ema`` (the weight average, when on).
+``model_best.pth.tar`` holds the weights that scored best, without that training state, and
+``best_weights`` (``'model'`` or ``'ema'``: which weights they are). Everything is tensors and
 plain containers, so ``torch.load(weights_only=True)`` reads it.
 """
 import os

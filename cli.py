@@ -141,7 +141,7 @@ def get_args_parser(dataset):
     """The official flags (same spellings and defaults as the official script) plus ours, grouped."""
     parser = ArgumentParser(
         description=f'Train or evaluate MSRN on {dataset.title}.',
-        epilog='Several GPUs: torchrun --nproc_per_node N %(prog)s ... (see README).')
+        epilog='Several GPUs: torchrun --nproc_per_node N %(prog)s ... (see docs/training.md).')
     data = parser.add_argument_group('data')
     data.add_argument('data', metavar='DIR', nargs='?', default=None,
                       help=f"dataset folder ({dataset.layout}); with --resume, default: the checkpoint's")

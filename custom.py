@@ -1,4 +1,4 @@
-"""Your own multi-label data: a folder with ``train.csv`` and ``val.csv`` (README "Your own data").
+"""Your own multi-label data: a folder with ``train.csv`` and ``val.csv`` (docs/datasets.md, "Your own data").
 
 - ``<split>.csv``: header ``filepath,labels``; ``filepath`` relative to the folder, ``labels`` the
   image's labels separated by ``|`` (an empty field: no label). UTF-8; a BOM is fine.
@@ -31,7 +31,7 @@ TRAIN = 'train'
 CLASSES_NAME = 'classes.txt'
 GRAPH_NAME = 'label_graph.npz'
 SEPARATOR = '|'
-HINT = 'see README "Your own data"'
+HINT = 'see docs/datasets.md, "Your own data"'
 
 
 def _name(text):

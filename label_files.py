@@ -1,6 +1,6 @@
 """Read, check and make the label-graph, word-vector and image-label files that MSRN needs.
 
-Formats (the official ones, see README "Datasets"):
+Formats (the official ones, see docs/datasets.md):
 - graph file: pickle of ``{'adj': C×C co-occurrence counts, 'nums': C per-class counts}``,
   or ``.npz`` with arrays ``adj`` and ``nums``; :func:`build_adjacency` makes one from labels.
 - word file: pickle of a C×300 array (or a list of C lists), or ``.npy`` / ``.npz`` (one array);
@@ -263,7 +263,7 @@ def _text_or_fallback_vectors(path, stamp, classes, dim):
     what is missing once."""
     if path is None:
         print('[words] no word file: each class gets a fixed random unit vector seeded by its name '
-              '(README "Your own data"); pass -word_file glove.6B.300d.txt for GloVe vectors')
+              '(docs/datasets.md, "Word vectors"); pass -word_file glove.6B.300d.txt for GloVe vectors')
         return fallback_word_vectors(classes, dim)
     vectors, missing, blind = glove_word_vectors(classes, path, dim)
     print(f'[words] {len(classes)} class vectors from the GloVe text file {path}'

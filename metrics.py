@@ -1,4 +1,4 @@
-"""Multi-label metrics as pure, vectorised functions (definitions: README, "Metrics").
+"""Multi-label metrics as pure, vectorised functions (definitions: docs/metrics.md).
 
 Inputs everywhere: ``scores`` [N, C] raw logits (higher = more likely present) and ``targets``
 [N, C] in {1, 0, -1} as the datasets give them: 1 present, -1 absent, 0 'difficult' (VOC).

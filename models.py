@@ -1,4 +1,4 @@
-"""MSRN: a ResNet trunk with label-guided attention at three depths (README: "What MSRN is").
+"""MSRN: a ResNet trunk with label-guided attention at three depths (docs/model.md).
 
 Parameter names, shapes and the forward pass match the official ``MSGDN`` so that the released
 checkpoints load strictly and give the same outputs.

@@ -24,7 +24,7 @@ CLASSES = ['clouds', 'sky', 'person', 'street', 'window', 'tattoo', 'wedding', '
            'zebra', 'surf', 'whales', 'computer', 'earthquake', 'map']
 SPLITS = ('train', 'val')
 CSV_NAME = 'nus_wid_data.csv'
-DOWNLOAD_HINT = ('get the ASL distribution of NUS-WIDE (images and nus_wid_data.csv, see README "Datasets") '
+DOWNLOAD_HINT = ('get the ASL distribution of NUS-WIDE (images and nus_wid_data.csv, see docs/datasets.md) '
                  'and pass its folder')
 
 _QUOTED = r"""(?:'[^']*'|"[^"]*")"""

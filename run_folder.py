@@ -1,17 +1,5 @@
-"""The save folder of a run (``--save-dir``) and everything written into it.
-
-=========================== ==================================================================
-file                        content
-=========================== ==================================================================
-``checkpoint.pth.tar``      after every epoch: everything an exact resume needs (checkpoint.py)
-``model_best.pth.tar``      the best-scoring weights with the run's settings, no training state
-``log.jsonl``               one JSON line per epoch: epoch, lr (per parameter group), train_loss,
-                            train_mAP, val_loss, val_mAP (ema_val_loss, ema_val_mAP), best_mAP,
-                            train_time_s, time_s
-``curves.png``              loss and mAP per epoch, train and validation (and the EMA's)
-``eval_epochNNN.json``      every validation figure of epoch NNN and the per-class AP table
-``eval_<checkpoint>.json``  the same for an ``-e`` run
-=========================== ==================================================================
+"""The save folder of a run (``--save-dir``) and everything written into it: checkpoints, eval JSONs,
+``log.jsonl``, ``curves.png`` (the list, for users: docs/training.md, "The save folder").
 
 Every file is written to a temporary name and renamed, so a crash or a full disk leaves the
 previous version whole.

@@ -1,5 +1,5 @@
-"""Write small, learnable synthetic datasets in the four real layouts and the custom one (README
-"Your own data"), for tests and a first run.
+"""Write small, learnable synthetic datasets in the four real layouts and the custom one
+(docs/datasets.md, "Your own data"), for tests and a first run.
 
 Class c of C is drawn as one shape with its own look: hue c/C around the colour wheel (odd
 classes darker) and one of nine shapes (c mod 9), in a random cell of a 3×3 grid on a noisy grey
