@@ -8,7 +8,11 @@
   form of NUS-WIDE), labels as ``['a', 'b']`` or ``a|b``.
 
 Names are compared after stripping surrounding spaces and Unicode NFC normalisation, so ``café``
-typed with a combining accent is the same class. Without ``-graph_file`` the demo script builds
+typed with a combining accent is the same class. Class names from ``classes.txt`` or the training
+labels may not differ from one another only in case (``Tree``, ``tree``) nor hold a comma (``sun,tree``
+quoted is one field, not two labels): both are errors. A ``filepath`` not found as written is
+looked up again with ``\\`` read as a folder separator (Windows paths). An image listed in
+``train.csv`` and in another split is a warning. Without ``-graph_file`` the demo script builds
 the label graph with :func:`build_label_graph`; without ``-word_file`` the classes get
 :func:`label_files.fallback_word_vectors`.
 """
@@ -31,6 +35,7 @@ TRAIN = 'train'
 CLASSES_NAME = 'classes.txt'
 GRAPH_NAME = 'label_graph.npz'
 SEPARATOR = '|'
+OTHER_FIELD_SEPARATORS = {';': "';'", '\t': 'tabs'}  # what spreadsheets write instead of commas
 HINT = 'see docs/datasets.md, "Your own data"'
 
 
@@ -65,6 +70,29 @@ def _csv_path(root, split):
     raise DatasetError(f'{path}: not found; expected {split}.csv with header "{",".join(HEADER)}" in {root} ({HINT})')
 
 
+def _image_key(filepath):
+    """What identifies a listed image: its path with either folder separator, normalised."""
+    return os.path.normpath(filepath.strip().replace('\\', '/'))
+
+
+def _rows_of(path, split):
+    """``train.csv``, or ``the train rows of data.csv`` in the one-CSV form: where ``split`` is listed."""
+    name = os.path.basename(path)
+    return name if name == f'{split}.csv' else f'the {split} rows of {name}'
+
+
+def _wrong_separator(fields):
+    """How the single field of a row split by the wrong separator is separated (e.g. "';'"), or None."""
+    if len(fields) == 1:
+        return next((said for sep, said in OTHER_FIELD_SEPARATORS.items() if sep in fields[0]), None)
+    return None
+
+
+def _separator_fix(separator):
+    return (f'fields are separated by {separator}, but the separator must be a comma; save the file as '
+            f'comma-separated CSV (spreadsheets: "CSV UTF-8")')
+
+
 def _labels(field, path, lineno, lists):
     """The label names of one CSV field: ``a|b``, ``''`` (none), or with ``lists`` (the ASL form)
     also ``['a', 'b']``."""
@@ -86,6 +114,9 @@ def read_rows(root, split):
     path, header = _csv_path(root, split)
     rows = csv.reader(io.StringIO(_read_text(path), newline=''))
     found = next(rows, None)
+    separator = _wrong_separator(found or [])
+    if separator:
+        raise DatasetError(f'{path}:1: header is {found[0]!r}: {_separator_fix(separator)}')
     if found is None or [field.strip().lower() for field in found] != header:
         shown = ','.join(found) if found else 'nothing'
         raise DatasetError(f'{path}:1: header is {shown!r}, expected "{",".join(header)}" ({HINT})')
@@ -95,11 +126,18 @@ def read_rows(root, split):
         if not row:
             continue
         if len(row) != len(header):
+            separator = _wrong_separator(row)
+            if separator:
+                fix = _separator_fix(separator)
+            elif len(row) > len(header):
+                fix = f'separate labels with "{SEPARATOR}", and quote a filepath that holds a comma'
+            else:
+                fix = f'write each row as "{",".join(header)}"'
             raise DatasetError(f'{path}:{lineno}: expected {len(header)} fields ({",".join(header)}), found '
-                               f'{len(row)}; quote a field that holds a comma')
+                               f'{len(row)}; {fix}')
         if not row[0].strip():
             raise DatasetError(f'{path}:{lineno}: empty filepath')
-        key = os.path.normpath(row[0].strip())
+        key = (split if header == HEADER else row[2].strip(), _image_key(row[0]))  # across splits: a warning
         if key in seen:
             raise DatasetError(f'{path}:{lineno}: image {row[0]} is already listed on line {seen[key]}; '
                                f'give each image one row with all its labels')
@@ -109,12 +147,27 @@ def read_rows(root, split):
     return path, entries
 
 
+def _check_class_name(name, path, lineno, folded, kind):
+    """Raise DatasetError if ``name``, a ``kind`` ('class' or 'label') on line ``lineno`` of ``path``,
+    holds a comma or differs only in case from a name of ``folded`` ({case-folded name: (name, line)});
+    else add it there."""
+    if ',' in name:
+        fix = ('list one class per line' if kind == 'class' else
+               f'separate labels with "{SEPARATOR}" ({SEPARATOR.join(part.strip() for part in name.split(","))})')
+        raise DatasetError(f'{path}:{lineno}: {kind} {name!r} holds a comma; {fix}: a class name cannot hold a comma')
+    other, line = folded.setdefault(name.casefold(), (name, lineno))
+    if other != name:
+        raise DatasetError(f'{path}:{lineno}: {kind} {name!r} differs only in case from {other!r} on line {line}, '
+                           f'which would make them two classes; unify the spelling')
+
+
 def read_classes(root, classes=None):
     """Return (class names, why another label is not a class): ``classes`` if given (e.g. a
-    checkpoint's), else ``classes.txt``, else the sorted set of the training labels."""
+    checkpoint's: taken as they are), else ``classes.txt``, else the sorted set of the training labels."""
     if classes is not None:
         return [_name(c) for c in classes], f'it is not among the {len(classes)} classes given (the checkpoint\'s)'
     path = os.path.join(root, CLASSES_NAME)
+    folded = {}
     if os.path.isfile(path):
         names, seen = [], {}
         for lineno, line in enumerate(_read_text(path).splitlines(), 1):
@@ -124,7 +177,9 @@ def read_classes(root, classes=None):
             if name in seen:
                 raise DatasetError(f'{path}:{lineno}: class {name!r} is already listed on line {seen[name]}')
             if SEPARATOR in name:
-                raise DatasetError(f'{path}:{lineno}: class {name!r} holds "{SEPARATOR}", the label separator')
+                raise DatasetError(f'{path}:{lineno}: class {name!r} holds "{SEPARATOR}", the label separator; '
+                                   f'list one class per line')
+            _check_class_name(name, path, lineno, folded, 'class')
             seen[name] = lineno
             names.append(name)
         if not names:
@@ -134,12 +189,14 @@ def read_classes(root, classes=None):
     train_path, entries = read_rows(root, TRAIN)
     if not entries:
         raise DatasetError(f'{train_path}: no images in {TRAIN}; list them below the header ({HINT})')
-    names = sorted({n for _, _, labels in entries for n in labels})
+    for lineno, _, labels in entries:
+        for name in labels:
+            _check_class_name(name, train_path, lineno, folded, 'label')
+    names = sorted({name for name, _ in folded.values()})
     if not names:
         raise DatasetError(f'{train_path}: no image has a label, so there are no classes; label the images '
                            f'or list the classes in {CLASSES_NAME}')
-    where = os.path.basename(train_path)
-    return names, f'it never occurs in {where if where == f"{TRAIN}.csv" else f"the {TRAIN} rows of {where}"}'
+    return names, f'it never occurs in {_rows_of(train_path, TRAIN)}'
 
 
 def read_samples(root, split, classes=None):
@@ -148,25 +205,64 @@ def read_samples(root, split, classes=None):
     return _samples(root, split, *read_classes(root, classes))
 
 
+def _not_a_class(name, classes, not_a_class):
+    """Why label ``name`` is not one of ``classes`` and what to change."""
+    if ',' in name:
+        parts = SEPARATOR.join(part.strip() for part in name.split(','))
+        return f'{not_a_class}; separate labels with "{SEPARATOR}" ({parts}): a class name cannot hold a comma'
+    same = [c for c in classes if c.casefold() == name.casefold()]
+    if same:
+        return f'{not_a_class}; class {same[0]!r} differs only in case: unify the spelling'
+    shown = ', '.join(map(repr, classes[:6])) + (', ...' if len(classes) > 6 else '')
+    return f'{not_a_class} (the {len(classes)} classes: {shown})'
+
+
+def _image_paths(root, filepaths):
+    """The paths of the listed ``filepaths``, with ``\\`` read as a folder separator (Windows) for
+    those not found as written; and the indices of those not found either way."""
+    paths = [os.path.join(root, filepath) for filepath in filepaths]
+    retry = [i for i in missing_paths(paths) if '\\' in filepaths[i]]
+    retried = [os.path.join(root, filepaths[i].replace('\\', '/')) for i in retry]
+    not_found = set(missing_paths(retried))
+    for j, i in enumerate(retry):
+        if j not in not_found:
+            paths[i] = retried[j]
+    return paths, missing_paths(paths)
+
+
 def _samples(root, split, classes, not_a_class):
     index = {name: i for i, name in enumerate(classes)}
     path, entries = read_rows(root, split)
-    samples = []
-    for lineno, filepath, labels in entries:
+    targets = []
+    for lineno, _, labels in entries:
         unknown = [n for n in labels if n not in index]
         if unknown:
-            shown = ', '.join(map(repr, classes[:6])) + (', ...' if len(classes) > 6 else '')
-            raise DatasetError(f'{path}:{lineno}: label {unknown[0]!r} is not a class: {not_a_class} '
-                               f'(the {len(classes)} classes: {shown})')
+            raise DatasetError(f'{path}:{lineno}: label {unknown[0]!r} is not a class: '
+                               f'{_not_a_class(unknown[0], classes, not_a_class)}')
         target = np.full(len(classes), -1, np.float32)
         target[[index[n] for n in labels]] = 1
-        samples.append((os.path.join(root, filepath), filepath, target))
-    missing = missing_paths([image for image, _, _ in samples])
+        targets.append(target)
+    filepaths = [filepath for _, filepath, _ in entries]
+    paths, missing = _image_paths(root, filepaths)
     if missing:
         lineno, filepath, _ = entries[missing[0]]
         raise DatasetError(f'{path}:{lineno}: image {filepath} not found in {root} ({len(missing)} of '
-                           f'{len(samples)} listed images are missing); filepath is relative to the dataset folder')
-    return samples
+                           f'{len(entries)} listed images are missing); filepath is relative to the dataset folder, '
+                           f'with "/" or "\\" between folders')
+    return list(zip(paths, filepaths, targets))
+
+
+def shared_with_training(root, split, filepaths):
+    """The ``filepaths`` of ``split`` that the training split lists too (none for the training split,
+    or with no readable training split, as when evaluating a checkpoint on val.csv alone)."""
+    if split == TRAIN:
+        return []
+    try:
+        _, entries = read_rows(root, TRAIN)
+    except DatasetError:
+        return []
+    listed = {_image_key(filepath) for _, filepath, _ in entries}
+    return [filepath for filepath in filepaths if _image_key(filepath) in listed]
 
 
 class CustomClassification(MultiLabelDataset):
@@ -184,6 +280,12 @@ class CustomClassification(MultiLabelDataset):
                          description=f'{os.path.basename(os.path.normpath(root))} {split}', inp_name=inp_name,
                          transform=transform, target_transform=target_transform, download=download,
                          skip_corrupt=skip_corrupt)
+        shared = shared_with_training(root, split, self.names)
+        if shared:  # often a mistake, sometimes wanted: said, not refused
+            shown = ', '.join(shared[:3]) + (', ...' if len(shared) > 3 else '')
+            print(f'[dataset] warning: {len(shared)} of the {len(self)} images of {_rows_of(self.source, split)} '
+                  f'are also in {_rows_of(_csv_path(root, TRAIN)[0], TRAIN)} ({shown}); scores on them do not '
+                  f'measure generalisation: list each image in one split only')
 
 
 def build_label_graph(train_set, save_dir):

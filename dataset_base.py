@@ -30,7 +30,8 @@ def read_image(path):
         with Image.open(path) as im:
             return im.convert('RGB')
     except FileNotFoundError:
-        raise DatasetError(f'{path}: image not found; check the dataset root') from None
+        # neutral: predict.py reads images of no dataset; a dataset's are checked by check_present first
+        raise DatasetError(f'{path}: image not found; check the path') from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise DatasetError(f'{path}: cannot read image ({_one_line(e)}); replace the file, or leave unreadable '
                            f'images out with --skip-corrupt') from e

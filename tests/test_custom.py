@@ -1,6 +1,7 @@
 """Your own data (custom.py, demo_custom_gcn.py): the CSV layout, classes, bad input, the label
 graph and word vectors made for you, and the tools on this layout."""
 import contextlib
+import csv
 import io
 import json
 import re
@@ -165,7 +166,45 @@ BAD_INPUTS = {
         r'classes.txt:2: not UTF-8 text'),
     'wrong field count': (
         lambda root: edit_line(root / 'val.csv', 3, 'images/val/0001.jpg,dog,tree'),
-        r'val.csv:3: expected 2 fields \(filepath,labels\), found 3'),
+        r'val.csv:3: expected 2 fields \(filepath,labels\), found 3; separate labels with "\|"'),
+    'semicolon-separated val.csv': (
+        lambda root: (root / 'val.csv').write_text(
+            (root / 'val.csv').read_text(encoding='utf-8').replace(',', ';'), encoding='utf-8'),
+        r"val.csv:1: header is 'filepath;labels': fields are separated by ';', but the separator must be a comma"),
+    'tab-separated train.csv': (
+        lambda root: (root / 'train.csv').write_text(
+            (root / 'train.csv').read_text(encoding='utf-8').replace(',', '\t'), encoding='utf-8'),
+        r"train.csv:1: header is 'filepath\\tlabels': fields are separated by tabs, but the separator must be a comma"),
+    'semicolon in one row': (
+        lambda root: edit_line(root / 'val.csv', 3, 'images/val/0001.jpg;dog'),
+        r"val.csv:3: expected 2 fields \(filepath,labels\), found 1; fields are separated by ';', but the separator "
+        r"must be a comma"),
+    'train labels differ in case': (
+        lambda root: edit_line(root / 'train.csv', 2, 'images/train/0000.jpg,Dog'),
+        r"train.csv:\d+: label 'dog' differs only in case from 'Dog' on line 2, which would make them two classes; "
+        r"unify the spelling"),
+    'val label differs in case': (
+        lambda root: edit_line(root / 'val.csv', 3, 'images/val/0001.jpg,Dog'),
+        r"val.csv:3: label 'Dog' is not a class: it never occurs in train.csv; class 'dog' differs only in case: "
+        r"unify the spelling$"),
+    'classes.txt names differ in case': (
+        lambda root: (root / 'classes.txt').write_text('\n'.join(SORTED + ['Tree']) + '\n', encoding='utf-8'),
+        r"classes.txt:7: class 'Tree' differs only in case from 'tree' on line 5"),
+    'train label holds a comma': (
+        lambda root: edit_line(root / 'train.csv', 2, 'images/train/0000.jpg,"dog, tree"'),
+        r"train.csv:2: label 'dog, tree' holds a comma; separate labels with \"\|\" \(dog\|tree\): a class name "
+        r"cannot hold a comma"),
+    'val label holds a comma': (
+        lambda root: edit_line(root / 'val.csv', 3, 'images/val/0001.jpg,"dog,tree"'),
+        r"val.csv:3: label 'dog,tree' is not a class: it never occurs in train.csv; separate labels with \"\|\" "
+        r"\(dog\|tree\)"),
+    'classes.txt name holds a comma': (
+        lambda root: (root / 'classes.txt').write_text('dog,tree\n', encoding='utf-8'),
+        r"classes.txt:1: class 'dog,tree' holds a comma; list one class per line"),
+    'windows path not found either way': (
+        lambda root: (val_image_absent(root), edit_line(root / 'val.csv', 6, 'images\\val\\0004.jpg,dog')),
+        r'val.csv:6: image images\\val\\0004.jpg not found in .*; filepath is relative to the dataset folder, '
+        r'with "/" or "\\" between folders'),
     'empty label name': (
         lambda root: edit_line(root / 'val.csv', 3, 'images/val/0001.jpg,dog||tree'),
         r"val.csv:3: empty label name in 'dog\|\|tree'"),
@@ -185,6 +224,65 @@ def test_bad_input_is_one_line_naming_the_file(case, synthetic, tmp_path):
         for split in ('train', 'val'):
             custom.CustomClassification(str(root), split)
     assert re.search(pattern, error.value.line) and '\n' not in str(error.value), str(error.value)
+
+
+def test_windows_paths_are_found(synthetic, tmp_path):
+    _, root = copy_data(synthetic, tmp_path)
+    expected = custom.CustomClassification(str(root), 'val')
+    text = (root / 'val.csv').read_text(encoding='utf-8')
+    (root / 'val.csv').write_text(text.replace('images/val/', 'images\\val\\'), encoding='utf-8')
+    val = custom.CustomClassification(str(root), 'val')
+    assert val.paths == expected.paths and torch.equal(val.targets, expected.targets)
+    assert val.names[0] == 'images\\val\\0000.jpg'  # as listed
+
+
+def shared_warnings(out):
+    return [line for line in out.splitlines() if line.startswith('[dataset] warning:')]
+
+
+def test_an_image_in_both_splits_is_a_warning(synthetic, tmp_path, capsys):
+    _, root = copy_data(synthetic, tmp_path)
+    custom.CustomClassification(str(root), 'train')
+    custom.CustomClassification(str(root), 'val')
+    assert shared_warnings(capsys.readouterr().out) == []
+    with open(root / 'val.csv', 'a', encoding='utf-8') as f:  # 4 training images, one with the other separator
+        f.write('images/train/0000.jpg,dog\nimages/train/0001.jpg,\n./images/train/0002.jpg,tree\n'
+                'images\\train\\0003.jpg,dog\n')
+    val = custom.CustomClassification(str(root), 'val')
+    assert len(val) == 34
+    assert shared_warnings(capsys.readouterr().out) == [
+        '[dataset] warning: 4 of the 34 images of val.csv are also in train.csv (images/train/0000.jpg, '
+        'images/train/0001.jpg, ./images/train/0002.jpg, ...); scores on them do not measure generalisation: '
+        'list each image in one split only']
+    (root / 'train.csv').unlink()  # evaluating a checkpoint on val.csv alone: nothing to compare with
+    custom.CustomClassification(str(root), 'val', classes=SORTED)
+    assert shared_warnings(capsys.readouterr().out) == []
+
+
+def test_an_image_in_both_splits_of_one_csv_is_a_warning(synthetic, tmp_path, capsys):
+    import nuswide
+    info = synthetic('nuswide')
+    root = shutil.copytree(info['root'], tmp_path / 'data')
+    csv_path = root / nuswide.CSV_NAME
+    train_row = next(line for line in csv_path.read_text().splitlines() if line.endswith(',train'))
+    with open(csv_path, 'a') as f:
+        f.write(train_row[:-len('train')] + 'val\n')
+    val = custom.CustomClassification(str(root), 'val', classes=nuswide.CLASSES)
+    image = train_row.split(',')[0]
+    assert val.names[-1] == image and shared_warnings(capsys.readouterr().out) == [
+        f'[dataset] warning: 1 of the {len(val)} images of the val rows of {nuswide.CSV_NAME} are also in the train '
+        f'rows of {nuswide.CSV_NAME} ({image}); scores on them do not measure generalisation: list each image in one '
+        f'split only']
+
+
+def test_a_checkpoints_classes_are_taken_as_they_are(synthetic, tmp_path):
+    """Classes fixed before these checks (a checkpoint's) may differ in case or hold a comma."""
+    _, root = copy_data(synthetic, tmp_path)
+    with open(root / 'val.csv', 'w', encoding='utf-8', newline='') as f:
+        csv.writer(f).writerows([custom.HEADER, ['images/val/0000.jpg', 'Dog|dog,tree'],
+                                 ['images/val/0001.jpg', 'dog']])
+    val = custom.CustomClassification(str(root), 'val', classes=['dog', 'Dog', 'dog,tree'])
+    assert val.targets.tolist() == [[-1, 1, 1], [1, -1, -1]]
 
 
 def custom_argv(root, save_dir, *extra):
@@ -211,6 +309,14 @@ def test_bad_val_input_as_a_process_exits_2_naming_val_csv(mutate, synthetic, tm
     mutate(root)
     result = run_script('demo_custom_gcn.py', *custom_argv(root, tmp_path / 'out'))
     assert_one_line_error(result, r'^error: .*val\.csv:\d+: ')
+
+
+@pytest.mark.slow
+def test_labels_differing_in_case_as_a_process_exit_2(synthetic, tmp_path):
+    _, root = copy_data(synthetic, tmp_path)
+    BAD_INPUTS['train labels differ in case'][0](root)
+    result = run_script('demo_custom_gcn.py', *custom_argv(root, tmp_path / 'out'))
+    assert_one_line_error(result, r"^error: .*train\.csv:\d+: label 'dog' differs only in case from 'Dog' on line 2")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from PIL import Image
 import apparel
 import coco
 import custom
+import dataset_base
 import label_files
 import nuswide
 import voc
@@ -105,6 +106,13 @@ def test_listed_image_absent(synthetic, name, tmp_path):
     with pytest.raises(DatasetError) as e:
         load(name, root, SPLITS[name][0])
     one_line_error(e, missing, '1 of')
+
+
+def test_read_image_of_no_dataset_names_no_dataset(tmp_path):
+    """predict.py reads images of no dataset: the error must not send the user to a dataset root."""
+    with pytest.raises(DatasetError) as e:
+        dataset_base.read_image(str(tmp_path / 'nope.jpg'))
+    assert e.value.line == f"{tmp_path / 'nope.jpg'}: image not found; check the path"
 
 
 @pytest.mark.parametrize('name', sorted(SPLITS))
