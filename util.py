@@ -79,8 +79,8 @@ class ModelEma:
     """Exponential moving average of a model's state, as timm's ModelEmaV2 and the ASL code's ModelEma:
     after each optimizer step, ``update()`` sets ``ema = decay * ema + (1 - decay) * value`` for every
     floating-point entry of the state_dict, parameters and BatchNorm running statistics alike (no
-    warm-up); integer buffers (BatchNorm's ``num_batches_tracked``) are copied. ``module`` is the
-    averaged copy, in eval mode, with the same state_dict keys, shapes and dtypes as the source model."""
+    warm-up); integer buffers (BatchNorm's ``num_batches_tracked``) are copied, as in timm's ModelEmaV3.
+    ``module`` is the averaged copy, in eval mode, with the same state_dict keys, shapes and dtypes as the model."""
 
     def __init__(self, model, decay):
         if not 0 < decay < 1:
