@@ -225,8 +225,8 @@ class GCNMultiLabelMAPEngine:
         return results
 
     def validate_ema(self, data_loader, criterion):
-        """Validate the weight average; its BatchNorm statistics are rank 0's (each process copied
-        its own after its last step), so every process evaluates the same model."""
+        """Validate the weight average. Each process averages its own BatchNorm statistics, so rank 0's
+        average is broadcast first: every process evaluates (and goes on from) the same model."""
         distributed.broadcast_buffers(self.ema.module)
         return self.validate(data_loader, self.ema.module, criterion, label='EMA')
 

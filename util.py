@@ -76,10 +76,11 @@ class AveragePrecisionMeter:
 
 
 class ModelEma:
-    """Exponential moving average of a model's weights: after each optimizer step, ``update()``
-    sets ``ema = decay * ema + (1 - decay) * weights`` for parameters (no warm-up) and copies the
-    buffers (BatchNorm statistics), as timm's ModelEmaV2. ``module`` is the averaged copy, in eval
-    mode, with the same state_dict keys and shapes as the source model."""
+    """Exponential moving average of a model's state, as timm's ModelEmaV2 and the ASL code's ModelEma:
+    after each optimizer step, ``update()`` sets ``ema = decay * ema + (1 - decay) * value`` for every
+    floating-point entry of the state_dict, parameters and BatchNorm running statistics alike (no
+    warm-up); integer buffers (BatchNorm's ``num_batches_tracked``) are copied, as in timm's ModelEmaV3.
+    ``module`` is the averaged copy, in eval mode, with the same state_dict keys, shapes and dtypes as the model."""
 
     def __init__(self, model, decay):
         if not 0 < decay < 1:
@@ -90,9 +91,8 @@ class ModelEma:
     @torch.no_grad()
     def update(self):
         source = self.source.state_dict()
-        params = {name for name, _ in self.source.named_parameters()}
         for name, value in self.module.state_dict().items():
-            if name in params:
+            if value.is_floating_point():
                 value.lerp_(source[name], 1 - self.decay)  # ema + (1 - decay)·(w - ema)
             else:
                 value.copy_(source[name])

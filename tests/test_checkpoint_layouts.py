@@ -55,6 +55,7 @@ def test_load_matching_takes_every_weight_that_fits():
     source, target = small(num_classes=5, seed=0), small(num_classes=7, seed=1)
     loaded, fresh = load_matching(target, {'state_dict': source.state_dict()})
     assert fresh == ['W', 'B', 'fc1.weight', 'fc2.weight', 'fc2.bias']   # K = int(0.4 x C) is 2 for both
+    assert loaded == [k for k in target.state_dict() if k not in fresh]
     for name in loaded:
         assert torch.equal(target.state_dict()[name], source.state_dict()[name]), name
 

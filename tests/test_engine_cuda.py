@@ -1,6 +1,7 @@
 """CUDA paths of the engine: float16 autocast with one GradScaler, pinned memory, NCCL collectives.
 Skipped without a GPU."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -13,6 +14,8 @@ import torch.nn as nn
 
 import distributed
 from models import MSRN
+from tests.test_training_options import (OverflowAt, assert_equal_to_average, average_by_definition,
+                                         train_and_record)
 from tests.toy import ToyDataset, ToyMSRN, make_engine, make_optimizer
 from util import seed_everything
 
@@ -42,14 +45,19 @@ def test_amp_training_checkpoints_the_scaler_and_resumes_it(tmp_path):
     assert np.isfinite(score)
 
 
-def test_ema_under_amp(tmp_path):
-    seed_everything(0)
-    engine, _ = run(ToyMSRN(), tmp_path, max_epochs=2, ema_decay=0.9)
-    saved = torch.load(tmp_path / 'checkpoint.pth.tar', weights_only=True)
-    assert engine.amp and saved['ema'].keys() == saved['state_dict'].keys()
-    assert all(v.dtype == saved['state_dict'][k].dtype and torch.isfinite(v.float()).all()
-               for k, v in saved['ema'].items())
-    assert all(json.loads(line)['ema_val_mAP'] >= 0 for line in open(tmp_path / 'log.jsonl'))
+def test_ema_under_amp(tmp_path, monkeypatch):
+    """Under float16 autocast the average stays float32 and finite, and is updated after every
+    ``scaler.step`` call, also the one GradScaler skips (batch 3's gradient is infinite)."""
+    model, engine, start, after_steps, made, updates = train_and_record(
+        monkeypatch, tmp_path, OverflowAt(3), device='cuda', lr=0.01)
+    assert engine.amp and engine.scaler.is_enabled()
+    assert updates == len(after_steps) == 2 * 8 and made <= 2 * 8 - 1
+    averaged = engine.ema.module.state_dict()
+    assert all(torch.isfinite(v).all() for v in averaged.values())
+    assert all(v.dtype == torch.float32 for v in averaged.values() if v.is_floating_point())
+    assert_equal_to_average(averaged, average_by_definition(start, after_steps, 0.9))
+    assert not torch.allclose(averaged['label_embed.weight'], model.label_embed.weight)
+    assert all(math.isfinite(json.loads(line)['ema_val_mAP']) for line in open(tmp_path / 'log.jsonl'))
 
 
 def test_msrn_under_autocast(tmp_path):

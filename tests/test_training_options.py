@@ -1,5 +1,7 @@
 """Options beyond the official recipe: the weight average (EMA), the asymmetric loss, --sync-bn."""
+import copy
 import json
+import math
 
 import pytest
 import torch
@@ -15,23 +17,48 @@ from util import ModelEma, seed_everything
 # ---------------------------------------------------------------------------------------------
 # EMA
 
-def test_ema_update_is_the_decayed_average_of_parameters_and_copies_buffers():
+def average_by_definition(start, states, decay):
+    """The weight average by its definition: from ``start`` (the weights it was made from),
+    ema = decay * ema + (1 - decay) * w for each state w in turn, for every floating-point entry;
+    integer entries (BatchNorm's num_batches_tracked) are the last state's."""
+    ema = {k: v.clone() for k, v in start.items()}
+    for state in states:
+        for k, w in state.items():
+            ema[k] = decay * ema[k] + (1 - decay) * w if w.is_floating_point() else w.clone()
+    return ema
+
+
+def assert_equal_to_average(averaged, expected):
+    assert averaged.keys() == expected.keys()
+    for k, v in averaged.items():
+        assert v.dtype == expected[k].dtype, k
+        if v.is_floating_point():
+            torch.testing.assert_close(v, expected[k], rtol=1e-5, atol=1e-6, msg=k)
+        else:
+            assert torch.equal(v, expected[k]), k
+
+
+def test_ema_averages_parameters_and_batchnorm_statistics():
+    """A few SGD steps in train mode: every floating entry of the state (BatchNorm's running mean and
+    variance too) follows the recurrence from the weights at construction; num_batches_tracked is copied."""
     seed_everything(0)
-    model = ToyMSRN()
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 2)).train()
+    start = copy.deepcopy(model.state_dict())
     ema = ModelEma(model, decay=0.75)
-    start = {k: v.clone() for k, v in ema.module.state_dict().items()}
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p))
-        model.trunk[1].running_mean.add_(3.0)
-        model.trunk[1].num_batches_tracked.add_(5)
-    ema.update()
-    now = model.state_dict()
-    for name, _ in model.named_parameters():
-        torch.testing.assert_close(ema.module.state_dict()[name], 0.75 * start[name] + 0.25 * now[name],
-                                   rtol=1e-6, atol=1e-7)
-    for name in ('trunk.1.running_mean', 'trunk.1.running_var', 'trunk.1.num_batches_tracked'):
-        assert torch.equal(ema.module.state_dict()[name], now[name])
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    states = []
+    for _ in range(4):
+        loss = model(torch.randn(8, 3) * 2 + 1).square().mean()  # inputs of mean 1, variance 4: the statistics move
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        ema.update()
+        states.append(copy.deepcopy(model.state_dict()))
+    averaged, now = ema.module.state_dict(), model.state_dict()
+    assert_equal_to_average(averaged, average_by_definition(start, states, 0.75))
+    assert averaged['1.num_batches_tracked'] == now['1.num_batches_tracked'] == 4
+    for k in ('0.weight', '1.running_mean', '1.running_var'):  # an average: neither the start nor a copy
+        assert not torch.allclose(averaged[k], now[k]) and not torch.allclose(averaged[k], start[k]), k
     assert not ema.module.training and not any(p.requires_grad for p in ema.module.parameters())
 
 
@@ -62,26 +89,115 @@ def test_ema_resumes_bit_for_bit(tmp_path):
     assert [r['ema_val_mAP'] for r in log] == [r['ema_val_mAP'] for r in straight_log]
 
 
-def test_best_weights_are_whichever_scored_higher(tmp_path, monkeypatch):
-    """Validation mAPs forced per epoch: (model, EMA) = (50, 40), (60, 70), (65, 55): the best is the EMA of epoch 2."""
-    forced = iter([50.0, 40.0, 60.0, 70.0, 65.0, 55.0])
-    real = type(make_engine()).on_end_epoch
+class _InfiniteGradient(torch.autograd.Function):
+    """Zero forward, infinite gradient backward."""
 
-    def on_end_epoch(self, training, num_samples):
-        real(self, training, num_samples)
-        if not training:
-            self.state['results']['mAP'] = self.state['results']['eval']['mAP'] = next(forced)
+    @staticmethod
+    def forward(ctx, x):
+        ctx.shape = x.shape
+        return x.new_zeros(())
 
-    monkeypatch.setattr(type(make_engine()), 'on_end_epoch', on_end_epoch)
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.new_full(ctx.shape, math.inf)
+
+
+class OverflowAt(nn.MultiLabelSoftMarginLoss):
+    """The official loss, finite, but with an infinite gradient in training batch number ``at`` (1-based):
+    a step GradScaler skips."""
+
+    def __init__(self, at):
+        super().__init__()
+        self.at, self.training_calls = at, 0
+
+    def forward(self, logits, target):
+        loss = super().forward(logits, target)
+        if torch.is_grad_enabled():
+            self.training_calls += 1
+            if self.training_calls == self.at:
+                loss = loss + _InfiniteGradient.apply(logits)
+        return loss
+
+
+def train_and_record(monkeypatch, save_dir, criterion, device='cpu', scaler=None, lr=0.1, decay=0.9):
+    """Two epochs of ToyMSRN (8 batches each) with a weight average. Returns the model, the engine, the
+    weights training started from, the model's state after each ``scaler.step`` call, the number of
+    optimizer steps made (not skipped) and the number of EMA updates."""
+    seed_everything(0)
+    model = ToyMSRN().to(device)
+    start = copy.deepcopy(model.state_dict())
+    optimizer = make_optimizer(model, lr=lr)
+    engine = make_engine(device=device, save_dir=save_dir, max_epochs=2, ema_decay=decay)
+    if scaler is not None:
+        engine.scaler = scaler
+    after_steps, made, updates = [], [], []
+    real_step, real_update = engine.scaler.step, ModelEma.update
+
+    def step(*args, **kwargs):
+        result = real_step(*args, **kwargs)
+        after_steps.append(copy.deepcopy(model.state_dict()))
+        return result
+
+    def update(self):
+        updates.append(1)
+        return real_update(self)
+
+    monkeypatch.setattr(engine.scaler, 'step', step)
+    monkeypatch.setattr(ModelEma, 'update', update)
+    optimizer.register_step_post_hook(lambda *_: made.append(1))
+    engine.learning(model, criterion, ToyDataset(30, seed=1), ToyDataset(10, seed=2), optimizer)
+    return model, engine, start, after_steps, len(made), len(updates)
+
+
+def test_engine_updates_the_ema_after_every_optimizer_step(tmp_path, monkeypatch):
+    model, engine, start, after_steps, made, updates = train_and_record(
+        monkeypatch, tmp_path, nn.MultiLabelSoftMarginLoss())
+    assert updates == made == len(after_steps) == 2 * 8
+    assert_equal_to_average(engine.ema.module.state_dict(), average_by_definition(start, after_steps, 0.9))
+    saved = torch.load(tmp_path / 'checkpoint.pth.tar', weights_only=True)
+    assert all(torch.equal(v, saved['ema'][k]) for k, v in engine.ema.module.state_dict().items())
+
+
+def test_engine_updates_the_ema_after_a_skipped_step_too(tmp_path, monkeypatch):
+    """As timm's and ASL's training loops, the average is updated after every ``scaler.step`` call, also
+    when GradScaler skipped the step for an overflow (the weights stay, the average moves towards them).
+    A CPU GradScaler (the engine's is for CUDA) and one batch with an infinite gradient force a skip."""
+    model, engine, start, after_steps, made, updates = train_and_record(
+        monkeypatch, tmp_path, OverflowAt(3), scaler=torch.amp.GradScaler('cpu'))
+    assert engine.scaler.get_scale() == 2.0 ** 15  # halved once: one step skipped
+    assert updates == len(after_steps) == 2 * 8 and made == 2 * 8 - 1
+    assert_equal_to_average(engine.ema.module.state_dict(), average_by_definition(start, after_steps, 0.9))
+
+
+@pytest.mark.parametrize('forced, winner', [((50.0, 40.0, 60.0, 70.0, 65.0, 55.0), 'ema'),
+                                            ((50.0, 40.0, 70.0, 60.0, 65.0, 55.0), 'model')])
+def test_best_weights_are_whichever_scored_higher(tmp_path, monkeypatch, forced, winner):
+    """Validation mAPs forced per epoch as (model, EMA): (50, 40), then (60, 70) or (70, 60), then (65, 55).
+    model_best holds the weights that scored 70 in epoch 2 (the EMA's or the model's), as they were validated."""
+    engine_type = type(make_engine())
+    real, scores, validated = engine_type.validate, iter(forced), {}
+
+    def validate(self, data_loader, model, criterion, label='Test'):
+        results = real(self, data_loader, model, criterion, label)
+        results['mAP'] = results['eval']['mAP'] = next(scores)
+        validated[self.state['epoch'] + 1, label] = copy.deepcopy(model.state_dict())
+        return results
+
+    monkeypatch.setattr(engine_type, 'validate', validate)
     _, engine = run(tmp_path, 3, ema_decay=0.5)
     full = torch.load(tmp_path / 'checkpoint.pth.tar', weights_only=True)
     best = torch.load(tmp_path / 'model_best.pth.tar', weights_only=True)
-    assert (best['epoch'], best['best_score'], best['best_weights']) == (2, 70.0, 'ema')
+    assert (best['epoch'], best['best_score'], best['best_weights']) == (2, 70.0, winner)
     assert full['best_score'] == engine.best_score == 70.0
-    assert not torch.equal(best['state_dict']['bias'], full['state_dict']['bias'])   # epoch 2's EMA, not epoch 3
+    label = {'ema': 'EMA', 'model': 'Test'}  # the validations' labels
+    best_weights = validated[2, label[winner]]
+    assert best['state_dict'].keys() == best_weights.keys()
+    assert all(torch.equal(v, best_weights[k]) for k, v in best['state_dict'].items())
+    loser = validated[2, label['model' if winner == 'ema' else 'ema']]
+    assert not all(torch.equal(v, loser[k]) for k, v in best_weights.items())  # the two candidates differ
     log = [json.loads(line) for line in open(tmp_path / 'log.jsonl')]
     assert [r['best_mAP'] for r in log] == [50.0, 70.0, 70.0]
-    assert json.load(open(tmp_path / 'eval_epoch002.json'))['ema']['mAP'] == 70.0
+    assert json.load(open(tmp_path / 'eval_epoch002.json'))['ema']['mAP'] == forced[3]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -107,6 +223,21 @@ def test_asl_matches_the_formula(gamma_neg, gamma_pos, clip):
     targets = (torch.rand(5, 7) < 0.4).float()
     loss = losses.AsymmetricLoss(gamma_neg, gamma_pos, clip)(logits, targets)
     assert loss.item() == pytest.approx(asl_by_hand(logits, targets, gamma_neg, gamma_pos, clip), rel=1e-5)
+
+
+def test_loss_asl_is_the_papers_sum_over_b_times_c():
+    """``--loss asl`` (published defaults: gamma- 4, gamma+ 0, clip 0.05, eps 1e-8) on a 2 x 2 example worked
+    out by hand from L = -sum[y (1-p)^g+ log(p) + (1-y) p_m^g- log(1-p_m)], p_m = max(p - clip, 0), logs
+    floored at eps: the paper's code returns L, ours L / (B * C)."""
+    logits = torch.tensor([[0.0, -30.0], [0.0, -3.0]])
+    targets = torch.tensor([[1.0, 1.0], [0.0, 0.0]])
+    paper_sum = -(math.log(0.5)                      # positive, p = 0.5, (1 - p)^0 = 1
+                  + math.log(1e-8)                   # positive, p = sigmoid(-30) ~ 9e-14: log floored at eps
+                  + 0.45 ** 4 * math.log(1 - 0.45)   # negative, p = 0.5: p_m = 0.45
+                  + 0.0)                             # negative, p = sigmoid(-3) ~ 0.047 < clip: p_m = 0
+    assert paper_sum == pytest.approx(0.693147 + 18.420681 + 0.024515, abs=1e-5)
+    loss = losses.build_loss('asl')(logits, targets)
+    assert loss.item() == pytest.approx(paper_sum / 4, rel=1e-6)
 
 
 def test_asl_without_focusing_or_clip_is_binary_cross_entropy():
