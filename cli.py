@@ -26,6 +26,7 @@ import torch
 import checkpoint as ckpt
 import distributed
 import label_files
+import run_folder
 from engine import GCNMultiLabelMAPEngine
 from errors import CheckpointError, MSRNError, UsageError
 from losses import LOSSES, build_loss
@@ -37,7 +38,8 @@ PICKLE_WARNING = 'pickles can run code when loaded: pass only files you trust (.
 # Settings of a run that a checkpoint of ours restores when the command line does not give them;
 # the others (what to do now, on which machine) are never taken from a checkpoint.
 NOT_RESTORED = {'resume', 'evaluate', 'finetune', 'start_epoch', 'device', 'workers', 'download', 'skip_corrupt',
-                'print_freq', 'progress', 'pretrained', 'pretrain_model', 'graph_file', 'word_file'}
+                'print_freq', 'progress', 'pretrained', 'pretrain_model', 'graph_file', 'word_file', 'save_dir',
+                'overwrite'}
 MODEL_SETTINGS = ('backbone', 'pool_ratio', 'image_size')  # what predict.py restores
 RELEASED_IMAGE_SIZE = 448  # the released models were trained and evaluated at 448 px
 
@@ -214,9 +216,13 @@ def get_args_parser(dataset):
     run_group.add_argument('-e', '--evaluate', dest='evaluate', action='store_true',
                            help='evaluate the model on the test split and exit (use with --resume); '
                                 'nothing of the training split is read')
+    own_data = '/<DIR\'s name>' if dataset.classes is None else ''
     run_group.add_argument('--save-dir', default=os.path.join(REPO_DIR, dataset.save_dir), metavar='DIR',
-                           help=f"checkpoints, logs, eval JSON and curves (default: {dataset.save_dir} in the "
-                                "repo, or the resumed run's)")
+                           help=f'checkpoints, logs, eval JSON and curves (default: the folder of the --resume file, '
+                                f'else {dataset.save_dir}{own_data} in the repo)')
+    run_group.add_argument('--overwrite', action='store_true',
+                           help='a new run whose --save-dir holds another run: delete that run\'s files first '
+                                '(default: stop with an error)')
 
     system = parser.add_argument_group('system')
     add_device_argument(system)
@@ -273,8 +279,6 @@ def restore_settings(args, given, stored, keys=None):
             if getattr(args, key) != value:
                 print(f'=> --{key.replace("_", "-")} {_flag_value(getattr(args, key))} given; the checkpoint '
                       f'was made with {_flag_value(value)}')
-        elif key == 'save_dir' and not (isinstance(value, str) and os.path.isdir(value)):
-            continue  # the run's folder is elsewhere (another machine): the default folder serves
         elif getattr(args, key) != value:
             setattr(args, key, value)
             taken.append(f'{key}={_flag_value(value)}')
@@ -326,6 +330,36 @@ def label_graph_input(args, given, settings, dataset, train_set=None, num_classe
 
 
 # ---- builders: the only functions that read the parsed arguments ---------------------------------
+
+def choose_save_dir(args, given, dataset):
+    """``args.save_dir``: as given; else the folder of the ``--resume`` file (a copied run goes on in
+    its copy); else the dataset's default, for your own data one folder per dataset folder."""
+    if 'save_dir' in given:
+        return
+    if args.resume:
+        args.save_dir = os.path.dirname(os.path.abspath(args.resume))
+    elif dataset.classes is None:
+        args.save_dir = os.path.join(args.save_dir, os.path.basename(os.path.abspath(args.data)))
+
+
+def claim_save_dir(args):
+    """A training run never writes over another run's files: when ``args.save_dir`` holds a run that
+    is not the one resumed, stop with a UsageError, or with ``--overwrite`` delete that run's files."""
+    folder = args.save_dir
+    if args.evaluate or (args.resume and os.path.dirname(os.path.abspath(args.resume)) == os.path.abspath(folder)):
+        return
+    held = run_folder.held_run(folder)
+    if held is None:
+        return
+    if not args.overwrite:
+        raise UsageError(f'{folder} holds another run ({held}): continue it with --resume '
+                         f'{os.path.join(folder, run_folder.CHECKPOINT_NAME)}, choose another --save-dir, or pass '
+                         '--overwrite to delete its files first')
+    if distributed.is_main_process():
+        removed = run_folder.remove_run(folder)
+        print(f'=> --overwrite: deleted the {len(removed)} files of the run in {folder} ({held})')
+    distributed.barrier()
+
 
 def init_run(args, device):
     """Seed every generator with ``args.seed`` + rank; print the arguments and git commit."""
@@ -454,6 +488,8 @@ def run(args, given, dataset):
         take_checkpoint_backbone(args, given, source)
     if args.data is None:
         raise UsageError('the dataset folder DIR is missing (a checkpoint of ours given with --resume supplies it)')
+    choose_save_dir(args, given, dataset)
+    claim_save_dir(args)
     init_run(args, device)
     if args.amp and device.type != 'cuda':
         raise UsageError('--amp (float16 autocast) needs CUDA; leave it out on the CPU')

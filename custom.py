@@ -28,12 +28,12 @@ import label_files
 import nuswide
 from dataset_base import MultiLabelDataset, missing_paths
 from errors import DatasetError
+from run_folder import GRAPH_NAME, RunFolder
 
 HEADER = ['filepath', 'labels']
 SINGLE_HEADER = ['filepath', 'label', 'split_name']
 TRAIN = 'train'
 CLASSES_NAME = 'classes.txt'
-GRAPH_NAME = 'label_graph.npz'
 SEPARATOR = '|'
 OTHER_FIELD_SEPARATORS = {';': "';'", '\t': 'tabs'}  # what spreadsheets write instead of commas
 HINT = 'see docs/datasets.md, "Your own data"'
@@ -292,9 +292,8 @@ def build_label_graph(train_set, save_dir):
     """The co-occurrence graph of ``train_set``'s labels (as tools/build_adj.py), saved to
     ``<save_dir>/label_graph.npz`` so that it can be passed as -graph_file later."""
     graph = label_files.build_adjacency(train_set.targets.numpy())
-    path = os.path.join(save_dir, GRAPH_NAME)
-    if distributed.is_main_process():
-        label_files.save(path, graph)
+    folder = RunFolder(save_dir)
+    path = folder.write_graph(graph) if distributed.is_main_process() else folder.file(GRAPH_NAME)
     print(f'[graph] no -graph_file: built the label graph from the {len(train_set)} images of {train_set.source} '
           f'({int(graph["adj"].sum()) // 2} co-occurring label pairs), saved to {path}')
     return graph

@@ -32,6 +32,10 @@ class UsageError(MSRNError, ValueError):
     """Command-line settings that cannot work together (or on this machine)."""
 
 
+class SaveError(MSRNError, RuntimeError):
+    """A file of the save folder cannot be written (no space left, no permission, a read-only file system)."""
+
+
 class NonFiniteLossError(MSRNError, RuntimeError):
     """The training loss became NaN or infinite; training stops."""
 

@@ -2,24 +2,30 @@
 ``log.jsonl``, ``curves.png`` (the list, for users: docs/training.md, "The save folder").
 
 Every file is written to a temporary name and renamed, so a crash or a full disk leaves the
-previous version whole.
+previous version whole; a write that fails (no space left, no permission, a read-only file
+system) stops the run with a ``SaveError`` that names the file and what is still intact. A new run
+never writes over another run's files (:func:`held_run`, :func:`remove_run`).
 """
+import fnmatch
 import json
 import os
+import shutil
 
-import matplotlib
+import numpy as np
+import torch
 
-matplotlib.use('Agg')  # files only, no display (servers, CI)
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-
-from checkpoint import atomic_write  # noqa: E402
+from checkpoint import atomic_write
+from errors import SaveError
 
 CHECKPOINT_NAME = 'checkpoint.pth.tar'
 BEST_NAME = 'model_best.pth.tar'
 LOG_NAME = 'log.jsonl'
 CURVES_NAME = 'curves.png'
+GRAPH_NAME = 'label_graph.npz'  # your own data: the label graph built from the training labels
+# A folder holds a run when it holds one of these; --overwrite removes every file a run writes.
+RUN_MARKERS = (CHECKPOINT_NAME, BEST_NAME, LOG_NAME, 'eval_epoch*.json')
+RUN_FILES = (CHECKPOINT_NAME, BEST_NAME, LOG_NAME, CURVES_NAME, GRAPH_NAME, 'eval_*.json', 'thresholds*.json',
+             'events.out.tfevents.*', '*.tmp[0-9]*')
 
 
 class RunFolder:
@@ -27,6 +33,7 @@ class RunFolder:
 
     def __init__(self, path):
         self.path = path
+        self.saved_epoch = None  # the epoch of the last checkpoint this process wrote
 
     def __bool__(self):
         return self.path is not None
@@ -36,13 +43,52 @@ class RunFolder:
 
     def save_checkpoint(self, state, best=None):
         """``state`` to ``checkpoint.pth.tar`` and, when given, ``best`` to ``model_best.pth.tar``."""
-        atomic_write(self.file(CHECKPOINT_NAME), lambda tmp: torch.save(state, tmp))
+        self.write(CHECKPOINT_NAME, lambda tmp: _torch_save(tmp, state), size=_nbytes(state))
+        self.saved_epoch = state['epoch']
         if best is not None:
-            atomic_write(self.file(BEST_NAME), lambda tmp: torch.save(best, tmp))
+            self.write(BEST_NAME, lambda tmp: _torch_save(tmp, best), size=_nbytes(best))
 
     def write_eval(self, name, record):
         """An eval JSON (:func:`eval_record`)."""
-        write_json(self.file(name), record)
+        self.write_json(name, record)
+
+    def write_json(self, name, obj):
+        text = json.dumps(obj, indent=1, allow_nan=True)
+        self.write(name, lambda tmp: _write_text(tmp, text), size=len(text))
+
+    def write_graph(self, graph):
+        """The label graph {adj, nums} as ``label_graph.npz``; returns its path."""
+        def write(tmp):
+            with open(tmp, 'wb') as f:  # a file object: np.savez would add .npz to a temporary name
+                np.savez(f, **graph)
+        self.write(GRAPH_NAME, write)
+        return self.file(GRAPH_NAME)
+
+    def write(self, name, write, size=None):
+        """``write(tmp_path)``, then rename onto ``name``; an OSError becomes a SaveError that names the
+        file, the cause, the size needed (``size`` in bytes, when known) and what is intact."""
+        path = self.file(name)
+        try:
+            atomic_write(path, write)
+        except (OSError, RuntimeError) as error:
+            e = error if isinstance(error, OSError) else error.__context__  # torch.save wraps the OSError
+            if not isinstance(e, OSError):
+                raise
+            needed = ''
+            if size:
+                free = shutil.disk_usage(self.path).free if os.path.isdir(self.path) else None
+                needed = f' (it needs about {_megabytes(size)}' + (f', {_megabytes(free)} free)' if free is not None
+                                                                   else ')')
+            raise SaveError(f'cannot write {path}: {e.strerror or e}{needed}; {self._intact()}') from e
+
+    def _intact(self):
+        checkpoint = self.file(CHECKPOINT_NAME)
+        if self.saved_epoch is not None:
+            return (f'the last complete checkpoint, {checkpoint} (epoch {self.saved_epoch}), is intact: free space '
+                    'or choose another --save-dir, then --resume it')
+        if os.path.isfile(checkpoint):
+            return (f'{checkpoint} is intact as it was: free space or choose another --save-dir, then --resume it')
+        return 'no checkpoint was written yet: free space or choose another --save-dir, then start again'
 
     def log(self):
         """The log's records, oldest first."""
@@ -66,13 +112,16 @@ class RunFolder:
         self.plot_curves()
 
     def _write_log(self, records):
-        def write(tmp):
-            with open(tmp, 'w') as f:
-                f.writelines(json.dumps(r) + '\n' for r in records)
-        atomic_write(self.file(LOG_NAME), write)
+        text = ''.join(json.dumps(r) + '\n' for r in records)
+        self.write(LOG_NAME, lambda tmp: _write_text(tmp, text), size=len(text))
 
     def plot_curves(self):
         """Loss and mAP per epoch, train and validation (and the EMA's), from the log."""
+        import matplotlib
+        matplotlib.use('Agg')  # files only, no display (servers, CI)
+        import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
+
         log = self.log()
         epochs = [r['epoch'] for r in log]
         fig, (ax_loss, ax_map) = plt.subplots(1, 2, figsize=(10, 4))
@@ -87,15 +136,59 @@ class RunFolder:
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.legend()
         fig.tight_layout()
-        atomic_write(self.file(CURVES_NAME), lambda tmp: fig.savefig(tmp, format='png', dpi=100))
-        plt.close(fig)
+        try:
+            self.write(CURVES_NAME, lambda tmp: fig.savefig(tmp, format='png', dpi=100))
+        finally:
+            plt.close(fig)
 
 
-def write_json(path, obj):
-    def write(tmp):
-        with open(tmp, 'w') as f:
-            json.dump(obj, f, indent=1, allow_nan=True)
-    atomic_write(path, write)
+def _torch_save(path, obj):
+    with open(path, 'wb') as f:  # through Python's file: a failed write leaves its OSError in the context
+        torch.save(obj, f)
+
+
+def _write_text(path, text):
+    with open(path, 'w') as f:
+        f.write(text)
+
+
+def _nbytes(obj):
+    """Bytes of the tensors in a (nested) checkpoint dict: about its size on disk."""
+    if torch.is_tensor(obj):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_nbytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_nbytes(v) for v in obj)
+    return 0
+
+
+def _megabytes(size):
+    return f'{size / 1e6:.1f} MB' if size < 1e9 else f'{size / 1e9:.2f} GB'
+
+
+def _matching(path, patterns):
+    names = os.listdir(path) if os.path.isdir(path) else []
+    return sorted(n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns))
+
+
+def held_run(path):
+    """What ``path`` holds of a run ('epoch 5, best mAP 69.7', or its files), or None when no run."""
+    if not _matching(path, RUN_MARKERS):
+        return None
+    try:
+        last = RunFolder(path).log()[-1]
+        return f"epoch {last['epoch']}, best mAP {last['best_mAP']:.1f}"
+    except (IndexError, KeyError, ValueError, TypeError):  # no log, or not one of ours
+        return ', '.join(_matching(path, RUN_MARKERS))
+
+
+def remove_run(path):
+    """Delete every file that a run writes into ``path`` (nothing else); returns their names."""
+    removed = _matching(path, RUN_FILES)
+    for name in removed:
+        os.remove(os.path.join(path, name))
+    return removed
 
 
 def eval_record(result, class_names, **extra):

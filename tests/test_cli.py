@@ -62,7 +62,7 @@ def test_restore_settings_takes_what_was_not_given(capsys):
     cli.restore_settings(args, given, stored)
     assert (args.lr, args.image_size, args.backbone, args.epoch_step) == (0.5, 64, 'resnet18', [1])
     assert (args.device, args.resume) == ('cpu', '')   # what to do now is never taken from a checkpoint
-    assert args.save_dir.endswith(os.path.join('checkpoint', 'voc2007'))   # the stored folder does not exist
+    assert args.save_dir.endswith(os.path.join('checkpoint', 'voc2007'))   # never the stored folder
     out = capsys.readouterr().out.splitlines()
     assert out == ['=> --lr 0.5 given; the checkpoint was made with 0.1',
                    '=> settings from the checkpoint: image_size=64  backbone=resnet18  epoch_step=1']
@@ -269,11 +269,9 @@ def test_evaluation_with_the_checkpoint_alone(trained_run, capsys):
 def test_resume_with_the_checkpoint_alone_continues_the_same_run(trained_run, tmp_path, capsys):
     _, save = trained_run
     run = tmp_path / 'run'
-    shutil.copytree(save, run)
+    shutil.copytree(save, run)   # a copied run goes on in its copy: the original is never touched
+    original = {name: (save / name).read_bytes() for name in os.listdir(save)}
     checkpoint = run / 'checkpoint.pth.tar'
-    state = torch.load(checkpoint, weights_only=True)
-    state['args']['save_dir'] = str(run)
-    torch.save(state, checkpoint)
     argv = ['--resume', str(checkpoint), '--epochs', '3', '--no-download', '-j', '0', '--device', 'cpu']
     assert demo_voc2007_gcn.main(demo_voc2007_gcn.DATASET, argv) == 0
     out = capsys.readouterr().out
@@ -283,6 +281,7 @@ def test_resume_with_the_checkpoint_alone_continues_the_same_run(trained_run, tm
     resumed = torch.load(checkpoint, weights_only=True)
     assert resumed['epoch'] == 3 and resumed['args']['lr'] == 0.1
     assert [json.loads(line)['epoch'] for line in open(run / 'log.jsonl')] == [1, 2, 3]
+    assert {name: (save / name).read_bytes() for name in os.listdir(save)} == original
 
 
 def test_predict_with_the_checkpoint_alone(trained_run, capsys):

@@ -105,7 +105,7 @@ def test_official_voc_command_runs_as_written_from_another_folder(tmp_path, monk
     """The README's VOC evaluation command, verbatim (ResNet-101, 448 px), on a tiny synthetic VOC.
 
     The official graph/word files are "already downloaded" into a stand-in data folder, and the
-    default save folder points to a temporary copy of the repo layout.
+    repository's default folders point to a temporary copy of the repo layout.
     """
     info = synthetic('voc', n_trainval=4, n_test=5, image_size=80)
     data_dir = tmp_path / 'repo_data'
@@ -122,7 +122,8 @@ def test_official_voc_command_runs_as_written_from_another_folder(tmp_path, monk
     monkeypatch.chdir(work)
 
     assert demo_voc2007_gcn.main(demo_voc2007_gcn.DATASET, shlex.split(README_COMMANDS['voc'])[2:]) == 0
-    result = json.loads((tmp_path / 'repo' / 'checkpoint' / 'voc2007' / 'eval_voc_checkpoint.json').read_text())
+    # the eval JSON goes beside the checkpoint evaluated
+    result = json.loads((work / 'checkpoint' / 'voc' / 'eval_voc_checkpoint.json').read_text())
     assert result['num_samples'] == 5 and result['epoch'] == 20
     assert 0 <= result['mAP'] <= 100 and len(result['per_class_ap']) == 20
 

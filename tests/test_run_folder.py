@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import run_folder
+from errors import SaveError
 from run_folder import RunFolder
 
 
@@ -60,7 +61,7 @@ def test_log_lines_are_added_in_order(tmp_path):
 @pytest.mark.parametrize('write', [
     lambda folder: folder.log_epoch(record(3, 60.0)),
     lambda folder: folder.truncate_log(1),
-    lambda folder: run_folder.write_json(folder.file(run_folder.LOG_NAME), {'epoch': 3}),
+    lambda folder: folder.write_json(run_folder.LOG_NAME, {'epoch': 3}),
 ], ids=['log_epoch', 'truncate_log', 'write_json'])
 def test_a_write_failing_half_way_leaves_the_previous_file_whole(tmp_path, monkeypatch, write):
     folder = RunFolder(str(tmp_path))
@@ -68,7 +69,7 @@ def test_a_write_failing_half_way_leaves_the_previous_file_whole(tmp_path, monke
         folder.log_epoch(record(epoch, 10.0 * epoch))
     before = (tmp_path / run_folder.LOG_NAME).read_bytes()
     fill_disk(monkeypatch)
-    with pytest.raises(OSError, match='No space left'):
+    with pytest.raises(SaveError, match=f'^cannot write {folder.file(run_folder.LOG_NAME)}: No space left on device'):
         write(folder)
     assert (tmp_path / run_folder.LOG_NAME).read_bytes() == before
     assert [json.loads(line)['epoch'] for line in before.decode().splitlines()] == [1, 2]
@@ -81,8 +82,7 @@ def test_atomic_save_survives_a_crash_during_save(tmp_path, monkeypatch):
     real_save = torch.save
 
     def crash(obj, f, *args, **kwargs):
-        with open(f, 'wb') as fh:
-            fh.write(b'half a checkpoint')  # a partial write, then the process "dies"
+        f.write(b'half a checkpoint')  # a partial write, then the process "dies"
         raise KeyboardInterrupt
 
     monkeypatch.setattr(torch, 'save', crash)
