@@ -251,6 +251,7 @@ def test_checkpoints_carry_classes_graph_word_vectors_and_settings(trained_run):
     assert all('ema_val_mAP' in r for r in log) and best['best_weights'] in ('model', 'ema')
     best_epoch = max(log, key=lambda r: max(r['val_mAP'], r['ema_val_mAP']))
     assert best['epoch'] == best_epoch['epoch'] and best['best_score'] == best_epoch['best_mAP']
+    assert len([name for name in os.listdir(save) if name.startswith('events.out.tfevents.')]) == 1  # by default
 
 
 def test_evaluation_with_the_checkpoint_alone(trained_run, capsys):
@@ -263,7 +264,18 @@ def test_evaluation_with_the_checkpoint_alone(trained_run, capsys):
     assert 'image_size=64' in out and 'backbone=resnet18' in out
     assert '\r' not in err   # no progress bars when stderr is not a terminal
     best = torch.load(save / 'model_best.pth.tar', weights_only=True)
-    assert json.loads((save / 'eval_model_best.json').read_text())['mAP'] == pytest.approx(best['best_score'])
+    record = json.loads((save / 'eval_model_best.json').read_text())
+    assert record['mAP'] == pytest.approx(best['best_score'])
+    # the summary and the per-class AP table name VOC's split and classes, and the classes without positive
+    import voc
+    lines = out.splitlines()
+    assert [line for line in lines if line.startswith('test: 8 images  mAP')] and 'Test:' not in out
+    missing = record['classes_without_positive']
+    assert 0 < len(missing) < 20 and f"  no positive image: {', '.join(missing)} (left out of mAP, CP and CR)" in lines
+    table = lines[lines.index('per-class AP, test:') + 1:][:20]
+    assert [line.split()[0] for line in table] == voc.CLASSES
+    assert [line.split()[1] for line in table] == ['-' if r['ap'] is None else f"{r['ap']:.2f}"
+                                                   for r in record['per_class_ap']]
 
 
 def test_resume_with_the_checkpoint_alone_continues_the_same_run(trained_run, tmp_path, capsys):
@@ -274,12 +286,17 @@ def test_resume_with_the_checkpoint_alone_continues_the_same_run(trained_run, tm
     state = torch.load(checkpoint, weights_only=True)
     state['args']['save_dir'] = str(run)
     torch.save(state, checkpoint)
-    argv = ['--resume', str(checkpoint), '--epochs', '3', '--no-download', '-j', '0', '--device', 'cpu']
+    events = {name: (run / name).read_bytes() for name in os.listdir(run) if name.startswith('events.out.tfevents.')}
+    argv = ['--resume', str(checkpoint), '--epochs', '3', '--no-download', '-j', '0', '--device', 'cpu',
+            '--no-tensorboard']
     assert demo_voc2007_gcn.main(demo_voc2007_gcn.DATASET, argv) == 0
     out = capsys.readouterr().out
     assert '=> --epochs 3 given; the checkpoint was made with 2' in out
     assert 'image_size=64' in out and 'loss=asl' in out and 'ema_decay=0.9' in out
-    assert 'Epoch 3/3' in out and 'EMA mAP' in out and 'train loss (asl)' in out
+    assert 'Epoch 3/3  lr trunk 0.001 head 0.01  train loss (asl) ' in out and ' val (EMA) mAP ' in out
+    assert 'test (EMA): 8 images' in out
+    assert len(events) == 1 and events == {name: (run / name).read_bytes()   # --no-tensorboard: none written
+                                           for name in os.listdir(run) if name.startswith('events.out.tfevents.')}
     resumed = torch.load(checkpoint, weights_only=True)
     assert resumed['epoch'] == 3 and resumed['args']['lr'] == 0.1
     assert [json.loads(line)['epoch'] for line in open(run / 'log.jsonl')] == [1, 2, 3]
