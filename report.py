@@ -1,5 +1,5 @@
 """What a run prints: the evaluation summary, the per-class AP table and the line that ends each epoch.
-Its words are the names of the log and TensorBoard (docs/training.md, "The save folder")."""
+Its words are the names of the log and TensorBoard (docs/training.md, "What the printed names are")."""
 
 MAX_NAMES = 20  # classes named in the summary's no-positive line; the per-class table lists them all
 

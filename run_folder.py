@@ -95,7 +95,8 @@ class RunFolder:
     def open_tensorboard(self, settings=None, purge_step=1):
         """Start writing TensorBoard events into the folder (the folder is one run). ``purge_step``:
         the first epoch this run writes; TensorBoard hides the events an earlier run wrote at that
-        step and later ones, which this run writes anew (a resume). ``settings``: shown as text."""
+        step and later ones, which this run writes anew (a resume). ``settings``: shown as text.
+        Unlike the other files, event files are appended to: a crash loses the epoch not yet flushed."""
         try:
             from torch.utils.tensorboard import SummaryWriter  # only runs that write events need the package
         except ImportError as e:

@@ -53,15 +53,17 @@ def test_given_flags_are_told_apart_from_defaults():
     args, given = parse(['data/voc', '--lr', '0.1', '--no-download', '-e'])
     assert given == {'data', 'lr', 'download', 'evaluate'}   # --lr given even at its default value
     assert args.lr == 0.1 and args.download is False and args.epochs == 200 and args.amp is None
+    assert args.tensorboard is True and parse(['data/voc', '--no-tensorboard'])[0].tensorboard is False
 
 
 def test_restore_settings_takes_what_was_not_given(capsys):
     args, given = parse(['data/voc', '--lr', '0.5', '--device', 'cpu'])
     stored = {'lr': 0.1, 'image_size': 64, 'backbone': 'resnet18', 'epoch_step': [1], 'device': 'cuda',
-              'resume': 'x.pth.tar', 'save_dir': '/no/such/folder', 'unknown_flag': 3}
+              'resume': 'x.pth.tar', 'save_dir': '/no/such/folder', 'unknown_flag': 3, 'tensorboard': False}
     cli.restore_settings(args, given, stored)
     assert (args.lr, args.image_size, args.backbone, args.epoch_step) == (0.5, 64, 'resnet18', [1])
-    assert (args.device, args.resume) == ('cpu', '')   # what to do now is never taken from a checkpoint
+    # what to do now is never taken from a checkpoint
+    assert (args.device, args.resume, args.tensorboard) == ('cpu', '', True)
     assert args.save_dir.endswith(os.path.join('checkpoint', 'voc2007'))   # the stored folder does not exist
     out = capsys.readouterr().out.splitlines()
     assert out == ['=> --lr 0.5 given; the checkpoint was made with 0.1',
