@@ -39,9 +39,10 @@ PICKLE_WARNING = 'pickles can run code when loaded: pass only files you trust (.
 # the others (what to do now, on which machine) are never taken from a checkpoint.
 NOT_RESTORED = {'resume', 'evaluate', 'finetune', 'start_epoch', 'device', 'workers', 'download', 'skip_corrupt',
                 'print_freq', 'progress', 'pretrained', 'pretrain_model', 'graph_file', 'word_file', 'save_dir',
-                'overwrite'}
+                'overwrite', 'tensorboard'}
 MODEL_SETTINGS = ('backbone', 'pool_ratio', 'image_size')  # what predict.py restores
 RELEASED_IMAGE_SIZE = 448  # the released models were trained and evaluated at 448 px
+OPTIMIZER_GROUPS = ('trunk', 'head')  # build_optimizer's parameter groups in order (MSRN.get_config_optim)
 
 
 @dataclass(frozen=True)
@@ -218,11 +219,14 @@ def get_args_parser(dataset):
                                 'nothing of the training split is read')
     own_data = '/<DIR\'s name>' if dataset.classes is None else ''
     run_group.add_argument('--save-dir', default=os.path.join(REPO_DIR, dataset.save_dir), metavar='DIR',
-                           help=f'checkpoints, logs, eval JSON and curves (default: the folder of the --resume file, '
-                                f'else {dataset.save_dir}{own_data} in the repo)')
+                           help=f'checkpoints, logs, eval JSON, curves and TensorBoard events (default: the folder '
+                                f'of the --resume file, else {dataset.save_dir}{own_data} in the repo)')
     run_group.add_argument('--overwrite', action='store_true',
                            help='a new run whose --save-dir holds another run: delete that run\'s files first '
                                 '(default: stop with an error)')
+    run_group.add_argument('--no-tensorboard', dest='tensorboard', action='store_false',
+                           help='write no TensorBoard events into the save folder (default: write them while '
+                                'training; view with tensorboard --logdir DIR)')
 
     system = parser.add_argument_group('system')
     add_device_argument(system)
@@ -414,8 +418,9 @@ def build_criterion(args):
     return build_loss(args.loss, gamma_neg=args.asl_gamma_neg, gamma_pos=args.asl_gamma_pos, clip=args.asl_clip)
 
 
-def build_engine(args, *, device, resume, class_names, settings, difficult_examples=True):
-    """The MSRN engine from the command line; ``resume``: the checkpoint dict read (or None)."""
+def build_engine(args, *, device, resume, class_names, settings, difficult_examples=True, val_split='val'):
+    """The MSRN engine from the command line; ``resume``: the checkpoint dict read (or None);
+    ``val_split``: the evaluated split's name."""
     return GCNMultiLabelMAPEngine(
         device=device, batch_size=args.batch_size, workers=args.workers, max_epochs=args.epochs,
         start_epoch=args.start_epoch, epoch_step=args.epoch_step, image_size=args.image_size,
@@ -423,7 +428,8 @@ def build_engine(args, *, device, resume, class_names, settings, difficult_examp
         eval_name=eval_name(args) if args.evaluate else None, seed=args.seed,
         clip_grad_norm=args.clip_grad_norm or None, amp=args.amp,
         progress=args.progress, sync_bn=args.sync_bn, ema_decay=args.ema_decay, loss_name=args.loss,
-        arch=args.backbone, settings=settings, class_names=class_names, difficult_examples=difficult_examples)
+        arch=args.backbone, settings=settings, class_names=class_names, difficult_examples=difficult_examples,
+        tensorboard=args.tensorboard, lr_names=OPTIMIZER_GROUPS, val_split=val_split)
 
 
 def eval_name(args):
@@ -505,7 +511,8 @@ def run(args, given, dataset):
     stored_args = dict(vars(args), data=os.path.abspath(args.data), save_dir=os.path.abspath(args.save_dir))
     run_settings = ckpt.settings_entries(args=stored_args, classes=classes, graph=graph,
                                          word_vectors=test_set.inp.numpy())
-    engine = build_engine(args, device=device, resume=checkpoint, class_names=classes, settings=run_settings)
+    engine = build_engine(args, device=device, resume=checkpoint, class_names=classes, settings=run_settings,
+                          val_split=dataset.splits[1])
     try:
         return engine.learning(model, build_criterion(args), train_set, test_set,
                                None if args.evaluate else build_optimizer(args, model))

@@ -30,9 +30,9 @@ key               written by       meaning
 'ap_meter'        on_end_batch     the epoch's scores and labels
 'results'         on_end_epoch     {'loss', 'mAP'} and, after a validation on rank 0, 'eval' (every metric)
 
-What an epoch leaves behind (checkpoint, eval JSON, log line, printed line) is written by
-``record_epoch`` through ``run_folder`` and ``report``, outside the loop. One code path for one
-process or many (torchrun + DistributedDataParallel).
+What an epoch leaves behind (checkpoint, eval JSON, log line, TensorBoard events, printed line) is
+written by ``record_epoch`` through ``run_folder`` and ``report``, outside the loop. One code path
+for one process or many (torchrun + DistributedDataParallel).
 """
 import math
 import os
@@ -52,7 +52,7 @@ import distributed
 import metrics
 import report
 from errors import CheckpointError, NonFiniteLossError, NonFiniteOutputError, UsageError
-from run_folder import RunFolder, eval_record
+from run_folder import RunFolder, eval_record, tensorboard_scalars
 from util import (AveragePrecisionMeter, AverageValueMeter, ModelEma, MultiScaleCrop, eval_transform, get_rng_state,
                   set_rng_state)
 
@@ -67,6 +67,16 @@ class DataLoaderX(DataLoader):
 def lr_at(base_lr, epoch, epoch_step):
     """Learning rate of an epoch: ``base_lr`` x 0.1 for each step already reached (resume-safe)."""
     return base_lr * 0.1 ** sum(epoch >= step for step in epoch_step)
+
+
+def lr_group_names(num_groups, names=None):
+    """Names of the optimizer's parameter groups in the epoch line and TensorBoard: ``names`` if given,
+    else MSRN's two (``models.MSRN.get_config_optim``: trunk, head), else group0, group1, ..."""
+    if names is None:
+        names = ('trunk', 'head') if num_groups == 2 else [f'group{i}' for i in range(num_groups)]
+    if len(names) != num_groups:
+        raise ValueError(f'{len(names)} lr names for {num_groups} optimizer parameter groups')
+    return list(names)
 
 
 def _grad_scaler(enabled):
@@ -93,16 +103,20 @@ class GCNMultiLabelMAPEngine:
     keep whichever scores better as the best weights.
     train_transform / val_transform: None for the official ones. loss_name: shown in the epoch
     line (losses of different kinds are not comparable). arch: the checkpoints' 'arch'.
-    settings: further checkpoint entries (``checkpoint.settings_entries``), stored as given.
-    difficult_examples: leave label 0 out of AP (all four official demos do).
-    class_names: for the per-class AP table of the eval JSON (default: '0', '1', ...).
+    settings: further checkpoint entries (``checkpoint.settings_entries``), stored as given; its
+    'args' are also shown in TensorBoard. difficult_examples: leave label 0 out of AP (all four
+    official demos do). class_names: for the per-class AP tables (default: '0', '1', ...).
+    tensorboard: write TensorBoard events into ``save_dir`` while training. lr_names: names of the
+    optimizer's parameter groups (default: ``lr_group_names``). val_split: the evaluated split's name
+    as the dataset calls it ('test' for VOC), which labels the printed summaries.
     """
 
     def __init__(self, *, device=torch.device('cpu'), batch_size=16, workers=4, max_epochs=20,
                  start_epoch=0, epoch_step=(30,), image_size=224, print_freq=0, save_dir=None,
                  resume=None, evaluate=False, eval_name='eval.json', seed=0, clip_grad_norm=None, amp=None,
                  progress=None, sync_bn=False, ema_decay=0.0, train_transform=None, val_transform=None,
-                 loss_name=None, arch=None, settings=None, difficult_examples=True, class_names=None):
+                 loss_name=None, arch=None, settings=None, difficult_examples=True, class_names=None,
+                 tensorboard=True, lr_names=None, val_split='val'):
         self.device = torch.device(device)
         self.batch_size, self.workers, self.image_size = batch_size, workers, image_size
         self.max_epochs, self.start_epoch, self.epoch_step = max_epochs, start_epoch, list(epoch_step)
@@ -117,7 +131,9 @@ class GCNMultiLabelMAPEngine:
         self.loss_name, self.arch, self.settings = loss_name, arch, dict(settings or {})
         self.difficult_examples = difficult_examples
         self.class_names = list(class_names) if class_names is not None else None
+        self.tensorboard, self.lr_names, self.val_split = tensorboard, lr_names, val_split
         self.best_score = 0.0
+        self.best_ap = None  # rank 0: {'epoch', 'label', 'ap'} of the best weights validated in this run
         self.ema = None  # ModelEma when ema_decay > 0, made by learning()
         # One scaler for the whole run: its scale adapts across iterations and is checkpointed.
         self.scaler = _grad_scaler(self.amp)
@@ -216,19 +232,26 @@ class GCNMultiLabelMAPEngine:
         model.train()
         return self.run_epoch(True, data_loader, model, criterion, optimizer, f'Epoch {epoch + 1} train')
 
-    def validate(self, data_loader, model, criterion, label='Test'):
-        """One evaluation pass; prints the summary (rank 0) and returns the results."""
+    def validate(self, data_loader, model, criterion, label=None):
+        """One evaluation pass; prints the summary (rank 0) and returns the results. ``label``:
+        the printed name of the validation (default: the split's)."""
+        label = label or self.val_split
         model.eval()
         results = self.run_epoch(False, data_loader, model, criterion, desc=label)
         if results.get('eval'):
-            print(report.format_summary(results['eval'], loss=results['loss'], label=label))
+            print(report.format_summary(results['eval'], loss=results['loss'], label=label,
+                                        class_names=self.class_names))
         return results
 
     def validate_ema(self, data_loader, criterion):
         """Validate the weight average. Each process averages its own BatchNorm statistics, so rank 0's
         average is broadcast first: every process evaluates (and goes on from) the same model."""
         distributed.broadcast_buffers(self.ema.module)
-        return self.validate(data_loader, self.ema.module, criterion, label='EMA')
+        return self.validate(data_loader, self.ema.module, criterion, label=self.ema_label)
+
+    @property
+    def ema_label(self):
+        return f'{self.val_split} (EMA)'
 
     # ---- the run ------------------------------------------------------------------------------
     def learning(self, model, criterion, train_dataset, val_dataset, optimizer=None):
@@ -238,17 +261,22 @@ class GCNMultiLabelMAPEngine:
         if self.evaluate:
             return self.evaluate_once(net, criterion, val_loader, resumed=checkpoint is not None)
         train_loader = self.prepare_training(model, optimizer, train_dataset, checkpoint)
-        for epoch in range(self.start_epoch, self.max_epochs):
-            self.state['epoch'] = epoch
-            lrs = self.adjust_learning_rate(optimizer)
-            train_loader.sampler.set_epoch(epoch)
-            start = time.perf_counter()
-            train = self.train(train_loader, net, criterion, optimizer, epoch)
-            train_time = time.perf_counter() - start
-            val = self.validate(val_loader, net, criterion)
-            ema_val = self.validate_ema(val_loader, criterion) if self.ema else None
-            self.record_epoch(model, optimizer, dict(epoch=epoch + 1, lr=lrs, train=train, val=val, ema_val=ema_val,
-                                                  train_time=train_time, time=time.perf_counter() - start))
+        try:
+            for epoch in range(self.start_epoch, self.max_epochs):
+                self.state['epoch'] = epoch
+                lrs = self.adjust_learning_rate(optimizer)
+                train_loader.sampler.set_epoch(epoch)
+                start = time.perf_counter()
+                train = self.train(train_loader, net, criterion, optimizer, epoch)
+                train_time = time.perf_counter() - start
+                val = self.validate(val_loader, net, criterion)
+                ema_val = self.validate_ema(val_loader, criterion) if self.ema else None
+                self.record_epoch(model, optimizer, dict(epoch=epoch + 1, lr=lrs, train=train, val=val,
+                                                      ema_val=ema_val, train_time=train_time,
+                                                      time=time.perf_counter() - start))
+        finally:
+            self.folder.close_tensorboard()
+        self.report_best(resumed=checkpoint is not None)
         distributed.barrier()
         return self.best_score
 
@@ -278,8 +306,11 @@ class GCNMultiLabelMAPEngine:
         if checkpoint is not None:
             self.resume_training(checkpoint, optimizer)
         train_loader = self.make_loader(train_dataset, training=True)
+        self.lr_names = lr_group_names(len(optimizer.param_groups), self.lr_names)
         if self.folder:
             self.folder.truncate_log(self.start_epoch)
+            if self.tensorboard:  # the log's epochs are TensorBoard's steps: both restart after start_epoch
+                self.folder.open_tensorboard(self.settings.get('args'), purge_step=self.start_epoch + 1)
         if self.start_epoch >= self.max_epochs:
             print(f'=> nothing to train: start epoch {self.start_epoch} >= epochs {self.max_epochs}')
         if checkpoint is not None and 'rng' in checkpoint:  # last: nothing above may draw from them
@@ -307,7 +338,7 @@ class GCNMultiLabelMAPEngine:
 
     def adjust_learning_rate(self, optimizer):
         """Set every group's lr from its base lr ('initial_lr') and the epoch; return the lrs in
-        group order (trunk, head)."""
+        group order (``lr_names``)."""
         for group in optimizer.param_groups:
             group['lr'] = lr_at(group['initial_lr'], self.state['epoch'], self.epoch_step)
         return [group['lr'] for group in optimizer.param_groups]
@@ -364,6 +395,9 @@ class GCNMultiLabelMAPEngine:
         if not resumed:
             print('=> evaluating the weights as built (no resume checkpoint given)')
         results = self.validate(val_loader, model, criterion)
+        if results.get('eval'):
+            print(report.format_class_ap(results['eval']['ap'], self.class_names,
+                                         title=f'per-class AP, {self.val_split}'))
         if self.folder:
             self.folder.write_eval(self.eval_name, self.eval_record(results, epoch=self.start_epoch))
         distributed.barrier()  # every process returns once rank 0 has written its files
@@ -371,14 +405,19 @@ class GCNMultiLabelMAPEngine:
 
     # ---- what an epoch leaves behind ------------------------------------------------------------
     def record_epoch(self, model, optimizer, epoch):
-        """Keep the best score; write the checkpoints, the eval JSON, the log line and curves; print the
-        epoch line. ``epoch``: epoch (1-based), lr, train / val / ema_val results, train_time, time."""
+        """Keep the best score (and its per-class AP); write the checkpoints, the eval JSON, the log line
+        and curves, the TensorBoard scalars; print the epoch line. ``epoch``: epoch (1-based), lr,
+        train / val / ema_val results, train_time, time."""
         val, ema_val = epoch['val'], epoch['ema_val']
         scores = {'model': val['mAP'], 'ema': ema_val['mAP'] if ema_val else math.nan}
         winner = max(scores, key=lambda k: -math.inf if math.isnan(scores[k]) else scores[k])
         is_best = scores[winner] > self.best_score  # False for a NaN mAP, which must not become the best
         if is_best:
             self.best_score = scores[winner]
+            won = ema_val if winner == 'ema' else val
+            if won.get('eval'):
+                self.best_ap = {'epoch': epoch['epoch'], 'ap': won['eval']['ap'],
+                                'label': self.ema_label if winner == 'ema' else self.val_split}
         record = dict(epoch=epoch['epoch'], lr=epoch['lr'], train_loss=epoch['train']['loss'],
                       train_mAP=epoch['train']['mAP'], val_loss=val['loss'], val_mAP=val['mAP'],
                       best_mAP=self.best_score, train_time_s=round(epoch['train_time'], 3),
@@ -391,8 +430,22 @@ class GCNMultiLabelMAPEngine:
             self.folder.write_eval(f"eval_epoch{record['epoch']:03d}.json", self.eval_record(
                 val, epoch=record['epoch'], **({'ema': self.eval_record(ema_val)} if ema_val else {})))
             self.folder.log_epoch(record)
-        print(report.format_epoch_line(record, self.max_epochs, self.loss_name,
+            if self.folder.tensorboard is not None:
+                self.folder.write_tensorboard(record['epoch'], tensorboard_scalars(
+                    record, self.lr_names, val.get('eval'), ema_val.get('eval') if ema_val else None,
+                    self.class_names))
+        print(report.format_epoch_line(record, self.max_epochs, self.lr_names, self.loss_name,
                                        best_from=winner if is_best else None))
+
+    def report_best(self, resumed):
+        """Print the per-class AP of the best weights (rank 0, after training)."""
+        if self.best_ap is not None:
+            best = self.best_ap
+            print(report.format_class_ap(best['ap'], self.class_names,
+                                         title=f"per-class AP of the best epoch ({best['epoch']}), {best['label']}"))
+        elif resumed and distributed.is_main_process() and self.start_epoch < self.max_epochs:
+            print(f'=> no epoch of this run beat the best mAP {self.best_score:.3f} it resumed from: the per-class '
+                  'AP of that epoch is in its eval JSON')
 
     def checkpoints(self, model, optimizer, epoch, best_from=None):
         """(``checkpoint.pth.tar``'s dict: everything an exact resume needs, ``model_best.pth.tar``'s

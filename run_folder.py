@@ -1,5 +1,5 @@
 """The save folder of a run (``--save-dir``) and everything written into it: checkpoints, eval JSONs,
-``log.jsonl``, ``curves.png`` (the list, for users: docs/training.md, "The save folder").
+``log.jsonl``, ``curves.png``, TensorBoard events (the list, for users: docs/training.md, "The save folder").
 
 Every file is written to a temporary name and renamed, so a crash or a full disk leaves the
 previous version whole; a write that fails (no space left, no permission, a read-only file
@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from checkpoint import atomic_write
-from errors import SaveError
+from errors import SaveError, UsageError
 
 CHECKPOINT_NAME = 'checkpoint.pth.tar'
 BEST_NAME = 'model_best.pth.tar'
@@ -34,6 +34,7 @@ class RunFolder:
     def __init__(self, path):
         self.path = path
         self.saved_epoch = None  # the epoch of the last checkpoint this process wrote
+        self.tensorboard = None  # the SummaryWriter, once open_tensorboard is called
 
     def __bool__(self):
         return self.path is not None
@@ -140,6 +141,66 @@ class RunFolder:
             self.write(CURVES_NAME, lambda tmp: fig.savefig(tmp, format='png', dpi=100))
         finally:
             plt.close(fig)
+
+    def open_tensorboard(self, settings=None, purge_step=1):
+        """Start writing TensorBoard events into the folder (the folder is one run). ``purge_step``:
+        the first epoch this run writes; TensorBoard hides the events an earlier run wrote at that
+        step and later ones, which this run writes anew (a resume). ``settings``: shown as text.
+        Unlike the other files, event files are appended to: a crash loses the epoch not yet flushed."""
+        try:
+            from torch.utils.tensorboard import SummaryWriter  # only runs that write events need the package
+        except ImportError as e:
+            first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise UsageError(f'cannot import TensorBoard ({first_line}): pip install tensorboard, '
+                             'or pass --no-tensorboard') from e
+        self.tensorboard = SummaryWriter(self.path, purge_step=purge_step)
+        if settings:
+            self.tensorboard.add_text('settings', settings_table(settings), purge_step)
+
+    def write_tensorboard(self, step, scalars):
+        """Add ``scalars`` ({tag: value}, :func:`tensorboard_scalars`) at ``step`` and flush, so that
+        TensorBoard shows each epoch as it ends."""
+        for tag, value in scalars.items():
+            self.tensorboard.add_scalar(tag, value, step)
+        self.tensorboard.flush()
+
+    def close_tensorboard(self):
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+            self.tensorboard = None
+
+
+def tensorboard_scalars(record, lr_names, val=None, ema_val=None, class_names=None):
+    """An epoch's TensorBoard scalars {tag: value}. From its log record: ``train/loss``, ``train/mAP``,
+    ``val/loss``, ``val/mAP`` (``val_ema/...`` for the weight average), ``lr/<group>`` (``lr_names``),
+    ``time/epoch_s``, ``time/train_s``. From the validations' :func:`metrics.evaluate` dicts, when
+    given: ``val/OP`` ... ``val/CF1`` (logit >= 0), ``val_sweep/OP`` ... (the official sweep) and its
+    ``val_sweep/threshold``, ``val_ap/<class>`` (a class without positive has none), the same under
+    ``val_ema``. Percent, as printed."""
+    scalars = {'train/loss': record['train_loss'], 'train/mAP': record['train_mAP'],
+               'val/loss': record['val_loss'], 'val/mAP': record['val_mAP']}
+    if 'ema_val_mAP' in record:
+        scalars.update({'val_ema/loss': record['ema_val_loss'], 'val_ema/mAP': record['ema_val_mAP']})
+    scalars.update({f'lr/{name}': lr for name, lr in zip(lr_names, record['lr'])})
+    scalars.update({'time/epoch_s': record['time_s'], 'time/train_s': record['train_time_s']})
+    for split, result in (('val', val), ('val_ema', ema_val)):
+        if result is None:
+            continue
+        sweep = result['official_sweep']
+        scalars.update({f'{split}/{k}': v for k, v in result['fixed'].items()})
+        scalars.update({f'{split}_sweep/{k}': v for k, v in sweep.items() if v is not None})
+        names = class_names or [str(i) for i in range(len(result['ap']))]
+        scalars.update({f'{split}_ap/{name}': 100 * ap for name, ap in zip(names, result['ap']) if ap is not None})
+    return scalars
+
+
+def settings_table(settings):
+    """A run's settings ({name: value}) as a Markdown table, which TensorBoard's text tab renders."""
+    rows = ['| setting | value |', '|---|---|']
+    for name, value in sorted(settings.items()):
+        cell = str(value).replace('|', r'\|')  # a bare '|' would end the cell
+        rows.append(f'| {name} | {cell} |')
+    return '\n'.join(rows)
 
 
 def _torch_save(path, obj):

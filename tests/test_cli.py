@@ -53,15 +53,17 @@ def test_given_flags_are_told_apart_from_defaults():
     args, given = parse(['data/voc', '--lr', '0.1', '--no-download', '-e'])
     assert given == {'data', 'lr', 'download', 'evaluate'}   # --lr given even at its default value
     assert args.lr == 0.1 and args.download is False and args.epochs == 200 and args.amp is None
+    assert args.tensorboard is True and parse(['data/voc', '--no-tensorboard'])[0].tensorboard is False
 
 
 def test_restore_settings_takes_what_was_not_given(capsys):
     args, given = parse(['data/voc', '--lr', '0.5', '--device', 'cpu'])
     stored = {'lr': 0.1, 'image_size': 64, 'backbone': 'resnet18', 'epoch_step': [1], 'device': 'cuda',
-              'resume': 'x.pth.tar', 'save_dir': '/no/such/folder', 'unknown_flag': 3}
+              'resume': 'x.pth.tar', 'save_dir': '/no/such/folder', 'unknown_flag': 3, 'tensorboard': False}
     cli.restore_settings(args, given, stored)
     assert (args.lr, args.image_size, args.backbone, args.epoch_step) == (0.5, 64, 'resnet18', [1])
-    assert (args.device, args.resume) == ('cpu', '')   # what to do now is never taken from a checkpoint
+    # what to do now is never taken from a checkpoint
+    assert (args.device, args.resume, args.tensorboard) == ('cpu', '', True)
     assert args.save_dir.endswith(os.path.join('checkpoint', 'voc2007'))   # never the stored folder
     out = capsys.readouterr().out.splitlines()
     assert out == ['=> --lr 0.5 given; the checkpoint was made with 0.1',
@@ -251,6 +253,7 @@ def test_checkpoints_carry_classes_graph_word_vectors_and_settings(trained_run):
     assert all('ema_val_mAP' in r for r in log) and best['best_weights'] in ('model', 'ema')
     best_epoch = max(log, key=lambda r: max(r['val_mAP'], r['ema_val_mAP']))
     assert best['epoch'] == best_epoch['epoch'] and best['best_score'] == best_epoch['best_mAP']
+    assert len([name for name in os.listdir(save) if name.startswith('events.out.tfevents.')]) == 1  # by default
 
 
 def test_evaluation_with_the_checkpoint_alone(trained_run, capsys):
@@ -263,7 +266,18 @@ def test_evaluation_with_the_checkpoint_alone(trained_run, capsys):
     assert 'image_size=64' in out and 'backbone=resnet18' in out
     assert '\r' not in err   # no progress bars when stderr is not a terminal
     best = torch.load(save / 'model_best.pth.tar', weights_only=True)
-    assert json.loads((save / 'eval_model_best.json').read_text())['mAP'] == pytest.approx(best['best_score'])
+    record = json.loads((save / 'eval_model_best.json').read_text())
+    assert record['mAP'] == pytest.approx(best['best_score'])
+    # the summary and the per-class AP table name VOC's split and classes, and the classes without positive
+    import voc
+    lines = out.splitlines()
+    assert [line for line in lines if line.startswith('test: 8 images  mAP')] and 'Test:' not in out
+    missing = record['classes_without_positive']
+    assert 0 < len(missing) < 20 and f"  no positive image: {', '.join(missing)} (left out of mAP, CP and CR)" in lines
+    table = lines[lines.index('per-class AP, test:') + 1:][:20]
+    assert [line.split()[0] for line in table] == voc.CLASSES
+    assert [line.split()[1] for line in table] == ['-' if r['ap'] is None else f"{r['ap']:.2f}"
+                                                   for r in record['per_class_ap']]
 
 
 def test_resume_with_the_checkpoint_alone_continues_the_same_run(trained_run, tmp_path, capsys):
@@ -272,12 +286,17 @@ def test_resume_with_the_checkpoint_alone_continues_the_same_run(trained_run, tm
     shutil.copytree(save, run)   # a copied run goes on in its copy: the original is never touched
     original = {name: (save / name).read_bytes() for name in os.listdir(save)}
     checkpoint = run / 'checkpoint.pth.tar'
-    argv = ['--resume', str(checkpoint), '--epochs', '3', '--no-download', '-j', '0', '--device', 'cpu']
+    events = {name: (run / name).read_bytes() for name in os.listdir(run) if name.startswith('events.out.tfevents.')}
+    argv = ['--resume', str(checkpoint), '--epochs', '3', '--no-download', '-j', '0', '--device', 'cpu',
+            '--no-tensorboard']
     assert demo_voc2007_gcn.main(demo_voc2007_gcn.DATASET, argv) == 0
     out = capsys.readouterr().out
     assert '=> --epochs 3 given; the checkpoint was made with 2' in out
     assert 'image_size=64' in out and 'loss=asl' in out and 'ema_decay=0.9' in out
-    assert 'Epoch 3/3' in out and 'EMA mAP' in out and 'train loss (asl)' in out
+    assert 'Epoch 3/3  lr trunk 0.001 head 0.01  train loss (asl) ' in out and ' val (EMA) mAP ' in out
+    assert 'test (EMA): 8 images' in out
+    assert len(events) == 1 and events == {name: (run / name).read_bytes()   # --no-tensorboard: none written
+                                           for name in os.listdir(run) if name.startswith('events.out.tfevents.')}
     resumed = torch.load(checkpoint, weights_only=True)
     assert resumed['epoch'] == 3 and resumed['args']['lr'] == 0.1
     assert [json.loads(line)['epoch'] for line in open(run / 'log.jsonl')] == [1, 2, 3]

@@ -26,7 +26,8 @@ OFFICIAL_FLAGS = ['--image-size', '-i', '-j', '--workers', '--epochs', '--epoch_
                   '-word_file', '-b', '--batch-size', '--lr', '--learning-rate', '--momentum', '--weight-decay',
                   '--wd', '--print-freq', '-p', '--resume', '-e', '--evaluate', '--pretrained', '-pm',
                   '--pretrain_model', '--pool_ratio', '-po', '--backbone', '-bb']
-OUR_FLAGS = ['--device', '--seed', '--save-dir', '--clip-grad-norm', '--no-download', '--skip-corrupt']
+OUR_FLAGS = ['--device', '--seed', '--save-dir', '--clip-grad-norm', '--no-download', '--skip-corrupt',
+             '--no-tensorboard']
 # The official README's commands (its NUS-WIDE one ran the COCO script; fixed), as in our README.
 README_COMMANDS = {
     'voc': 'python3 demo_voc2007_gcn.py data/voc --image-size 448 --batch-size 32 -e '

@@ -42,8 +42,11 @@ def test_loss_targets_map_difficult_to_positive():
 
 def test_training_writes_checkpoints_logs_and_eval_files(tmp_path):
     model, _, engine, best = run(tmp_path, max_epochs=2)
-    assert sorted(os.listdir(tmp_path)) == ['checkpoint.pth.tar', 'curves.png', 'eval_epoch001.json',
-                                            'eval_epoch002.json', 'log.jsonl', 'model_best.pth.tar']
+    events = [name for name in os.listdir(tmp_path) if name.startswith('events.out.tfevents.')]
+    assert len(events) == 1  # TensorBoard's (tests/test_tensorboard.py reads them)
+    assert sorted(set(os.listdir(tmp_path)) - set(events)) == [
+        'checkpoint.pth.tar', 'curves.png', 'eval_epoch001.json', 'eval_epoch002.json', 'log.jsonl',
+        'model_best.pth.tar']
     checkpoint = torch.load(tmp_path / 'checkpoint.pth.tar', weights_only=True)
     assert {'epoch', 'arch', 'state_dict', 'best_score', 'optimizer', 'scaler', 'rng'} <= checkpoint.keys()
     assert checkpoint['epoch'] == 2 and checkpoint['best_score'] == best
@@ -157,12 +160,13 @@ def test_build_engine_and_optimizer_from_args():
     args = argparse.Namespace(batch_size=3, workers=0, epochs=5, start_epoch=1, epoch_step=[3, 4], image_size=32,
                               print_freq=2, save_dir='somewhere', resume='', evaluate=False, seed=7,
                               clip_grad_norm=0.0, backbone='resnet18', lr=0.2, momentum=0.8, weight_decay=1e-3,
-                              amp=None, progress=False, sync_bn=False, ema_decay=0.0, loss='asl')
+                              amp=None, progress=False, sync_bn=False, ema_decay=0.0, loss='asl', tensorboard=False)
     engine = build_engine(args, device=torch.device('cpu'), resume=None, class_names=['a', 'b', 'c', 'd'],
-                          settings={'args': {'lr': 0.2}})
+                          settings={'args': {'lr': 0.2}}, val_split='test')
     assert (engine.batch_size, engine.max_epochs, engine.start_epoch, engine.epoch_step, engine.resume,
             engine.clip_grad_norm, engine.arch, engine.amp, engine.loss_name) == \
         (3, 5, 1, [3, 4], None, None, 'resnet18', False, 'asl')
+    assert (engine.tensorboard, engine.lr_names, engine.val_split) == (False, ('trunk', 'head'), 'test')
     assert engine.settings['args']['lr'] == 0.2
     optimizer = build_optimizer(args, ToyMSRN())
     assert [g['lr'] for g in optimizer.param_groups] == pytest.approx([0.02, 0.2])

@@ -177,7 +177,7 @@ def test_best_weights_are_whichever_scored_higher(tmp_path, monkeypatch, forced,
     engine_type = type(make_engine())
     real, scores, validated = engine_type.validate, iter(forced), {}
 
-    def validate(self, data_loader, model, criterion, label='Test'):
+    def validate(self, data_loader, model, criterion, label=None):
         results = real(self, data_loader, model, criterion, label)
         results['mAP'] = results['eval']['mAP'] = next(scores)
         validated[self.state['epoch'] + 1, label] = copy.deepcopy(model.state_dict())
@@ -189,7 +189,7 @@ def test_best_weights_are_whichever_scored_higher(tmp_path, monkeypatch, forced,
     best = torch.load(tmp_path / 'model_best.pth.tar', weights_only=True)
     assert (best['epoch'], best['best_score'], best['best_weights']) == (2, 70.0, winner)
     assert full['best_score'] == engine.best_score == 70.0
-    label = {'ema': 'EMA', 'model': 'Test'}  # the validations' labels
+    label = {'ema': 'val (EMA)', 'model': None}  # the validations' labels
     best_weights = validated[2, label[winner]]
     assert best['state_dict'].keys() == best_weights.keys()
     assert all(torch.equal(v, best_weights[k]) for k, v in best['state_dict'].items())
@@ -197,7 +197,13 @@ def test_best_weights_are_whichever_scored_higher(tmp_path, monkeypatch, forced,
     assert not all(torch.equal(v, loser[k]) for k, v in best_weights.items())  # the two candidates differ
     log = [json.loads(line) for line in open(tmp_path / 'log.jsonl')]
     assert [r['best_mAP'] for r in log] == [50.0, 70.0, 70.0]
-    assert json.load(open(tmp_path / 'eval_epoch002.json'))['ema']['mAP'] == forced[3]
+    record = json.load(open(tmp_path / 'eval_epoch002.json'))
+    assert record['ema']['mAP'] == forced[3]
+    # the per-class AP printed at the end is that of the weights that won
+    won, lost = (record['ema'], record) if winner == 'ema' else (record, record['ema'])
+    assert (engine.best_ap['epoch'], engine.best_ap['label']) == (2, 'val (EMA)' if winner == 'ema' else 'val')
+    assert [100 * ap for ap in engine.best_ap['ap']] == pytest.approx([r['ap'] for r in won['per_class_ap']])
+    assert [r['ap'] for r in won['per_class_ap']] != [r['ap'] for r in lost['per_class_ap']]
 
 
 # ---------------------------------------------------------------------------------------------
