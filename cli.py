@@ -30,6 +30,7 @@ import run_folder
 from engine import GCNMultiLabelMAPEngine
 from errors import CheckpointError, MSRNError, UsageError
 from losses import LOSSES, build_loss
+from attention import ATTENTIONS
 from models import MSRN, RESNET_LAYOUTS
 from util import seed_everything
 
@@ -39,8 +40,9 @@ PICKLE_WARNING = 'pickles can run code when loaded: pass only files you trust (.
 # the others (what to do now, on which machine) are never taken from a checkpoint.
 NOT_RESTORED = {'resume', 'evaluate', 'finetune', 'start_epoch', 'device', 'workers', 'download', 'skip_corrupt',
                 'print_freq', 'progress', 'pretrained', 'pretrain_model', 'graph_file', 'word_file', 'save_dir',
-                'overwrite', 'tensorboard'}
+                'overwrite', 'tensorboard', 'attention', 'channels_last', 'compile'}
 MODEL_SETTINGS = ('backbone', 'pool_ratio', 'image_size')  # what predict.py restores
+AMP_DTYPES = {'float16': torch.float16, 'bfloat16': torch.bfloat16}
 RELEASED_IMAGE_SIZE = 448  # the released models were trained and evaluated at 448 px
 OPTIMIZER_GROUPS = ('trunk', 'head')  # build_optimizer's parameter groups in order (MSRN.get_config_optim)
 
@@ -115,7 +117,8 @@ def add_label_file_arguments(group, dataset=None):
         words = (None, 'a fixed random unit vector per class, seeded by its name')
     else:
         official = 'downloaded and checked when missing'
-        graph = (label_files.default_file(dataset.name, 'graph'), f'data/{dataset.name}/{dataset.name}_adj.pkl, {official}')
+        graph = (label_files.default_file(dataset.name, 'graph'),
+                 f'data/{dataset.name}/{dataset.name}_adj.pkl, {official}')
         words = (label_files.default_file(dataset.name, 'word'),
                  f'data/{dataset.name}/{dataset.name}_glove_word2vec.pkl, {official}')
     group.add_argument('-graph_file', '--graph-file', default=graph[0], metavar='PATH',
@@ -190,7 +193,10 @@ def get_args_parser(dataset):
     train.add_argument('--clip-grad-norm', default=0.0, type=float, metavar='NORM',
                        help='clip the gradient norm to NORM after unscaling; 0 = off (default, as published)')
     train.add_argument('--amp', default=None, action=argparse.BooleanOptionalAction,
-                       help='float16 autocast and gradient scaling (default: on with CUDA, as official)')
+                       help='mixed precision: autocast in --amp-dtype (default: on with CUDA, as official)')
+    train.add_argument('--amp-dtype', default='float16', choices=list(AMP_DTYPES),
+                       help='float16 (default, as official; with gradient scaling; CUDA only) or bfloat16 (no '
+                            'scaling needed; Ampere and later GPUs, and the CPU); giving it turns --amp on')
     train.add_argument('--sync-bn', action='store_true',
                        help='under torchrun, BatchNorm statistics over all processes (N x -b, as on one GPU)')
     train.add_argument('--loss', default='multilabel-soft-margin', choices=LOSSES,
@@ -230,25 +236,60 @@ def get_args_parser(dataset):
 
     system = parser.add_argument_group('system')
     add_device_argument(system)
+    add_speed_arguments(system)
     system.add_argument('--seed', default=None, type=int, metavar='S',
                         help='seed every generator (+ rank); with -j 0 a CPU run repeats bit for bit')
     return parser
 
 
+def add_speed_arguments(group):
+    """How the model runs on this machine (same results up to float rounding); never taken from a checkpoint."""
+    group.add_argument('--attention', default='auto', choices=list(ATTENTIONS),
+                       help='label attention: auto (default: fused Triton kernels on CUDA once they pass a check, '
+                            'chunked PyTorch otherwise), fused (the kernels or an error), chunked, or plain (the '
+                            'official formula: much more memory)')
+    group.add_argument('--channels-last', action='store_true',
+                       help='the trunk and the images in channels-last memory format (faster convolutions on '
+                            'recent GPUs)')
+    group.add_argument('--compile', action='store_true',
+                       help='torch.compile the trunk (the first batches compile; if compiling fails, a warning '
+                            'and eager mode)')
+
+
 def get_predict_parser(released):
     """predict.py's flags; ``released``: {name: DatasetSpec} of the datasets with released checkpoints."""
-    parser = ArgumentParser(description='MSRN on your own images: the top labels with scores, and optionally the '
-                                        'label attention maps.')
-    parser.add_argument('images', nargs='+', metavar='IMAGE', help='image files')
+    parser = ArgumentParser(description='MSRN on your own images: labels for image files, folders or lists of '
+                                        'paths, printed or written to a CSV file.')
+    parser.add_argument('paths', nargs='+', metavar='PATH',
+                        help='an image, a folder (searched recursively), or @LIST: a text file with one image path '
+                             'per line (relative to its folder)')
     parser.add_argument('--resume', required=True, metavar='CKPT', help='checkpoint (ours or a released one)')
+    parser.add_argument('--out', metavar='FILE.csv',
+                        help='write filepath,labels,<one probability per class> per image (labels separated by |, '
+                             'the format of train.csv) instead of printing the top labels')
+    parser.add_argument('--threshold', default=0.5, type=float, metavar='P',
+                        help='a label is predicted when its probability is >= P (default: 0.5, the logit-0 rule)')
+    parser.add_argument('--thresholds', metavar='FILE',
+                        help='per-class probability thresholds (thresholds.json of -e --calibrate) instead of '
+                             '--threshold')
+    parser.add_argument('--top-k', default=5, type=int, metavar='K',
+                        help='print at most K labels per image (default: 5; the CSV has them all)')
+    parser.add_argument('--attention', metavar='DIR',
+                        help='write each image\'s attention maps as a PNG under DIR, mirroring the input paths')
     parser.add_argument('--dataset', default=None, choices=list(released),
                         help="a released checkpoint's dataset (default: recognised by its class count)")
     parser.add_argument('--image-size', '-i', default=RELEASED_IMAGE_SIZE, type=int, metavar='N',
                         help=f"image side the model sees (default: the checkpoint's, else {RELEASED_IMAGE_SIZE})")
-    parser.add_argument('--threshold', default=0.5, type=float, metavar='P',
-                        help='show labels with probability >= P (default: 0.5)')
-    parser.add_argument('--top-k', default=5, type=int, metavar='K', help='show at most K labels (default: 5)')
-    parser.add_argument('--attention', metavar='OUT_DIR', help='write attention-map PNGs here')
+    parser.add_argument('-b', '--batch-size', default=16, type=int, metavar='N', help='images per batch (default: 16)')
+    workers = min(4, os.cpu_count() or 1)
+    parser.add_argument('-j', '--workers', default=workers, type=int, metavar='N',
+                        help=f'image loading processes (default: {workers})')
+    parser.add_argument('--amp', default=None, action=argparse.BooleanOptionalAction,
+                        help='mixed precision in --amp-dtype (default: on with CUDA, as in training)')
+    parser.add_argument('--amp-dtype', default='float16', choices=list(AMP_DTYPES),
+                        help='float16 (default; CUDA only) or bfloat16')
+    parser.add_argument('--progress', default=None, action=argparse.BooleanOptionalAction,
+                        help='progress bar (default: only when stderr is a terminal)')
     add_model_arguments(parser)
     add_label_file_arguments(parser)
     add_device_argument(parser)
@@ -396,7 +437,7 @@ def build_datasets(args, dataset, word_vectors, classes=None):
 def build_model(args, num_classes, graph, finetune=None):
     """MSRN with the label graph; trunk weights from ImageNet, unless resuming, fine-tuning (every
     fitting weight of ``finetune``, the checkpoint dict of ``--finetune``) or ``--pretrained 0``."""
-    model = MSRN(num_classes, args.pool_ratio, args.backbone, graph)
+    model = MSRN(num_classes, args.pool_ratio, args.backbone, graph, attention=args.attention)
     if finetune is not None:
         loaded, fresh = ckpt.load_matching(model, finetune)
         print(f'=> fine-tuning from {args.finetune}: {len(loaded)} weights loaded, {len(fresh)} start fresh'
@@ -405,6 +446,9 @@ def build_model(args, num_classes, graph, finetune=None):
         path = args.pretrain_model or ckpt.default_pretrained_path(args.backbone)
         print(f'=> ImageNet weights of the trunk from {path}')
         ckpt.load_imagenet_trunk(model, path, args.backbone)
+    if args.channels_last:
+        model.resnet_101.to(memory_format=torch.channels_last)
+    model.compile_trunk = args.compile
     return model
 
 
@@ -426,10 +470,11 @@ def build_engine(args, *, device, resume, class_names, settings, difficult_examp
         start_epoch=args.start_epoch, epoch_step=args.epoch_step, image_size=args.image_size,
         print_freq=args.print_freq, save_dir=args.save_dir, resume=resume, evaluate=args.evaluate,
         eval_name=eval_name(args) if args.evaluate else None, seed=args.seed,
-        clip_grad_norm=args.clip_grad_norm or None, amp=args.amp,
-        progress=args.progress, sync_bn=args.sync_bn, ema_decay=args.ema_decay, loss_name=args.loss,
-        arch=args.backbone, settings=settings, class_names=class_names, difficult_examples=difficult_examples,
-        tensorboard=args.tensorboard, lr_names=OPTIMIZER_GROUPS, val_split=val_split)
+        clip_grad_norm=args.clip_grad_norm or None, amp=args.amp, amp_dtype=AMP_DTYPES[args.amp_dtype],
+        channels_last=args.channels_last, progress=args.progress, sync_bn=args.sync_bn, ema_decay=args.ema_decay,
+        loss_name=args.loss, arch=args.backbone, settings=settings, class_names=class_names,
+        difficult_examples=difficult_examples, tensorboard=args.tensorboard, lr_names=OPTIMIZER_GROUPS,
+        val_split=val_split)
 
 
 def eval_name(args):
@@ -497,8 +542,10 @@ def run(args, given, dataset):
     choose_save_dir(args, given, dataset)
     claim_save_dir(args)
     init_run(args, device)
-    if args.amp and device.type != 'cuda':
-        raise UsageError('--amp (float16 autocast) needs CUDA; leave it out on the CPU')
+    if args.amp is None and 'amp_dtype' in given:
+        args.amp = True
+    if args.amp and args.amp_dtype == 'float16' and device.type != 'cuda':
+        raise UsageError('--amp in float16 needs CUDA; on the CPU use --amp-dtype bfloat16, or leave --amp out')
     fixed, stored = dataset.classes, settings.get('classes')   # fixed: None for your own data
     if fixed is not None and stored is not None and stored != list(fixed):
         raise CheckpointError(f"{args.resume}: the checkpoint's {len(stored)} classes ({', '.join(stored[:3])}, "

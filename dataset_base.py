@@ -20,20 +20,29 @@ from download import sha256sum
 from errors import DatasetError
 
 
-def _one_line(e):
+def one_line(e):
     return ' '.join(str(e).split())
+
+
+# what PIL raises for a file that is not an image it can decode (truncated, corrupt, another type)
+IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+def open_rgb(path):
+    """``path`` as an RGB PIL image; raises one of IMAGE_ERRORS when it cannot be decoded."""
+    with Image.open(path) as im:
+        return im.convert('RGB')
 
 
 def read_image(path):
     """Open ``path`` as an RGB PIL image, or raise DatasetError naming the file."""
     try:
-        with Image.open(path) as im:
-            return im.convert('RGB')
+        return open_rgb(path)
     except FileNotFoundError:
         # neutral: predict.py reads images of no dataset; a dataset's are checked by check_present first
         raise DatasetError(f'{path}: image not found; check the path') from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise DatasetError(f'{path}: cannot read image ({_one_line(e)}); replace the file, or leave unreadable '
+    except IMAGE_ERRORS as e:
+        raise DatasetError(f'{path}: cannot read image ({one_line(e)}); replace the file, or leave unreadable '
                            f'images out with --skip-corrupt') from e
 
 
@@ -44,8 +53,8 @@ def _unreadable(path):
         with Image.open(path) as im:
             im.draft('RGB', (max(1, im.width // 8), max(1, im.height // 8)))
             im.load()
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        return _one_line(e)
+    except IMAGE_ERRORS as e:
+        return one_line(e)
     return None
 
 

@@ -97,7 +97,9 @@ class GCNMultiLabelMAPEngine:
     save_dir: where checkpoints, logs and eval JSONs go (None: write nothing). resume: checkpoint
     path (or the dict already read) to continue from. evaluate: only evaluate, writing the eval
     JSON as ``eval_name``. seed: seed of the sampler's shuffling. clip_grad_norm: max gradient
-    norm, None = off. amp: float16 autocast + GradScaler (None: on for CUDA only). progress:
+    norm, None = off. amp: autocast (None: on for CUDA only) in ``amp_dtype``: float16 (with a
+    GradScaler) or bfloat16 (no scaler needed; CPU too). channels_last: images in channels-last
+    memory format (for a trunk converted to it). progress:
     progress bars (None: when stderr is a terminal). sync_bn: SyncBatchNorm across processes.
     ema_decay: keep an exponential moving average of the weights (0: off), validate it too, and
     keep whichever scores better as the best weights.
@@ -114,9 +116,9 @@ class GCNMultiLabelMAPEngine:
     def __init__(self, *, device=torch.device('cpu'), batch_size=16, workers=4, max_epochs=20,
                  start_epoch=0, epoch_step=(30,), image_size=224, print_freq=0, save_dir=None,
                  resume=None, evaluate=False, eval_name='eval.json', seed=0, clip_grad_norm=None, amp=None,
-                 progress=None, sync_bn=False, ema_decay=0.0, train_transform=None, val_transform=None,
-                 loss_name=None, arch=None, settings=None, difficult_examples=True, class_names=None,
-                 tensorboard=True, lr_names=None, val_split='val'):
+                 amp_dtype=torch.float16, channels_last=False, progress=None, sync_bn=False, ema_decay=0.0,
+                 train_transform=None, val_transform=None, loss_name=None, arch=None, settings=None,
+                 difficult_examples=True, class_names=None, tensorboard=True, lr_names=None, val_split='val'):
         self.device = torch.device(device)
         self.batch_size, self.workers, self.image_size = batch_size, workers, image_size
         self.max_epochs, self.start_epoch, self.epoch_step = max_epochs, start_epoch, list(epoch_step)
@@ -125,6 +127,7 @@ class GCNMultiLabelMAPEngine:
         self.resume, self.evaluate, self.eval_name = resume, evaluate, eval_name
         self.clip_grad_norm = clip_grad_norm
         self.amp = self.device.type == 'cuda' if amp is None else amp
+        self.amp_dtype, self.channels_last = amp_dtype, channels_last
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.sync_bn, self.ema_decay = sync_bn, ema_decay
         self.train_transform, self.val_transform = train_transform, val_transform
@@ -136,7 +139,8 @@ class GCNMultiLabelMAPEngine:
         self.best_ap = None  # rank 0: {'epoch', 'label', 'ap'} of the best weights validated in this run
         self.ema = None  # ModelEma when ema_decay > 0, made by learning()
         # One scaler for the whole run: its scale adapts across iterations and is checkpointed.
-        self.scaler = _grad_scaler(self.amp)
+        # bfloat16 has float32's exponent range: its gradients need no scaling.
+        self.scaler = _grad_scaler(self.amp and self.amp_dtype == torch.float16)
         self.state = {'meter_loss': AverageValueMeter(), 'ap_meter': AveragePrecisionMeter(difficult_examples)}
 
     # ---- one epoch: the loop and its hooks, in the order they run ------------------------------
@@ -172,7 +176,8 @@ class GCNMultiLabelMAPEngine:
         """Unpack the loader's ``((images, names, word_vectors), labels)`` onto the device."""
         (images, _names, word_vectors), labels = sample
         s = self.state
-        s['images'] = images.to(self.device, non_blocking=True)
+        memory_format = torch.channels_last if self.channels_last else torch.preserve_format
+        s['images'] = images.to(self.device, non_blocking=True, memory_format=memory_format)
         s['word_vectors'] = word_vectors.float().to(self.device, non_blocking=True)
         s['labels'] = labels
         # MultiLabelSoftMarginLoss wants {0, 1}: present and difficult -> 1 (official quirk:
@@ -180,11 +185,11 @@ class GCNMultiLabelMAPEngine:
         s['loss_target'] = (labels >= 0).float().to(self.device, non_blocking=True)
 
     def on_forward(self, training, model, criterion, optimizer):
-        """Forward and loss (float16 autocast when amp); when training, backward, optional
-        clipping, optimizer step and EMA update."""
+        """Forward and loss (autocast when amp); when training, backward, optional clipping,
+        optimizer step and EMA update."""
         s = self.state
         with torch.set_grad_enabled(training), \
-                torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
+                torch.autocast(device_type=self.device.type, dtype=self.amp_dtype, enabled=self.amp):
             s['output'], group_loss = model(s['images'], s['word_vectors'])
             s['loss'] = criterion(s['output'], s['loss_target']) + group_loss
         s['loss_value'] = distributed.mean_over_processes(s['loss'].item())

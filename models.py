@@ -6,6 +6,7 @@ checkpoints load strictly and give the same outputs.
 Shape legend: B batch, C classes, K global nodes (label groups), N nodes attended to (C or K,
 or C+K), D = 512 label dimension, E = 300 word-vector dimension, P = H·W feature positions.
 """
+import sys
 from collections.abc import Mapping
 
 import numpy as np
@@ -175,6 +176,7 @@ class MSRN(nn.Module):
         if attention not in ATTENTIONS:
             raise ValueError(f'unknown attention {attention!r}; choose one of {", ".join(ATTENTIONS)}')
         self.attention = ATTENTIONS[attention]
+        self.compile_trunk = False  # set to run the trunk through torch.compile (see features)
         self.image_normalization_mean = [0.485, 0.456, 0.406]
         self.image_normalization_std = [0.229, 0.224, 0.225]
 
@@ -236,7 +238,12 @@ class MSRN(nn.Module):
         """img (B, 3, H, W), inp (B, C, E) word vectors (only inp[0] is used) -> (B, C), ()."""
         if inp.dim() != 3 or inp.shape[1:] != (self.num_classes, WORD_DIM):
             raise ValueError(f'word vectors have shape {list(inp.shape)}, expected [batch, {self.num_classes}, {WORD_DIM}]')
-        return self.head(self.resnet_101(img), inp[0])
+        return self.head(self.features(img), inp[0])
+
+    def features(self, img):
+        """The trunk's feature maps [f1, f2, f3] of img (B, 3, H, W); through ``torch.compile`` when
+        ``compile_trunk`` is set (the label attention, a custom autograd Function, stays eager)."""
+        return compiled_trunk(self.resnet_101, img) if self.compile_trunk else self.resnet_101(img)
 
     def get_config_optim(self, lr):
         """SGD parameter groups: the trunk at lr·0.1, the rest at lr (unused W, B excluded)."""
@@ -246,6 +253,35 @@ class MSRN(nn.Module):
 
 
 MSGDN = MSRN  # the official class name
+
+# torch.compile of a function that takes the trunk as an argument: a copy of the model (the EMA)
+# gets its own compiled graph (the function's guards check which module it got), never the
+# original's weights. None: not compiled yet; False: compiling failed, eager from then on.
+_compiled_call = None
+
+
+def compiled_trunk(trunk, img):
+    """``trunk(img)`` through torch.compile; if compiling fails (no C compiler, an operation it does
+    not support, an old torch), one warning line and eager mode for the rest of the process."""
+    global _compiled_call
+    if _compiled_call is None:
+        _compiled_call = torch.compile(_call) if hasattr(torch, 'compile') else False
+    if _compiled_call is False:
+        return trunk(img)
+    try:
+        return _compiled_call(trunk, img)
+    except UsageError:   # bad input (images too small), not a compiler failure
+        raise
+    except Exception as e:  # torch.compile raises many kinds of errors
+        _compiled_call = False
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f'warning: torch.compile failed ({type(e).__name__}: {reason}); the trunk runs eagerly',
+              file=sys.stderr, flush=True)
+        return trunk(img)
+
+
+def _call(module, x):
+    return module(x)
 
 
 def _read_graph(adj_file, num_classes):

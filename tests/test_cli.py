@@ -127,7 +127,7 @@ def test_amp_on_the_cpu_is_a_one_line_error(synthetic):
     info = synthetic('voc', **TINY['voc'])
     result = subprocess.run([sys.executable, 'demo_voc2007_gcn.py', info['root'], '--amp', *QUICK], cwd=REPO,
                             capture_output=True, text=True, timeout=300)
-    assert_one_line_error(result, r'--amp \(float16 autocast\) needs CUDA')
+    assert_one_line_error(result, r'--amp in float16 needs CUDA; on the CPU use --amp-dtype bfloat16')
 
 
 # ---------------------------------------------------------------------------------------------

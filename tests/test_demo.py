@@ -16,8 +16,6 @@ import demo_coco_gcn
 import demo_nuswide_gcn
 import demo_voc2007_gcn
 import label_files
-import predict
-import voc
 from models import MSRN
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -208,73 +206,6 @@ def test_cuda_requested_without_cuda(synthetic):
     info = synthetic('voc')
     result = run_script('demo_voc2007_gcn.py', info['root'], '--device', 'cuda')
     assert_one_line_error(result, r'CUDA is not available')
-
-
-# ---------------------------------------------------------------------------------------------
-# predict.py
-
-@pytest.fixture(scope='module')
-def trained_checkpoint(tmp_path_factory):
-    """A checkpoint as our engine writes it (arch recorded), ResNet-18, synthetic VOC graph."""
-    from tools.synthetic_data import write_voc
-    root = tmp_path_factory.mktemp('predict')
-    info = write_voc(str(root / 'voc'), n_trainval=20, n_test=3, image_size=96)
-    graph = label_files.load_adjacency(info['graph_file'], 20)
-    torch.manual_seed(0)
-    model = MSRN(20, 0.2, 'resnet18', graph)
-    path = root / 'checkpoint.pth.tar'
-    torch.save({'epoch': 1, 'arch': 'resnet18', 'state_dict': model.state_dict(), 'best_score': 50.0}, path)
-    images = sorted((root / 'voc' / 'VOCdevkit' / 'VOC2007' / 'JPEGImages').iterdir())[:2]
-    return info, path, images, model
-
-
-def test_predict_prints_top_labels_and_writes_attention_maps(trained_checkpoint, tmp_path, capsys):
-    info, path, images, model = trained_checkpoint
-    argv = [*map(str, images), '--resume', str(path), '-graph_file', info['graph_file'], '-word_file',
-            info['word_file'], '--image-size', '96', '--threshold', '0', '--top-k', '3', '--attention', str(tmp_path)]
-    assert predict.main(argv) == 0
-    out = capsys.readouterr().out
-    blocks = out.split(str(images[1]))
-    assert str(images[0]) in blocks[0]
-    shown = re.findall(r'^  (\w+)\s+(\d\.\d{3})$', blocks[0], re.M)
-    assert len(shown) == 3 and [float(p) for _, p in shown] == sorted((float(p) for _, p in shown), reverse=True)
-    # the printed labels are the model's own top-3 for this image
-    words = torch.from_numpy(label_files.load_word_vectors(info['word_file']))
-    transform = predict.eval_transform(96, model.image_normalization_mean, model.image_normalization_std)
-    with torch.no_grad():
-        logits, _ = model.eval()(transform(predict.read_image(str(images[0])))[None], words[None])
-    expected = [voc.CLASSES[i] for i in logits[0].argsort(descending=True)[:3]]
-    assert [name for name, _ in shown] == expected
-    for image in images:
-        png = tmp_path / f'{image.stem}_attention.png'
-        assert png.is_file() and png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
-
-
-def test_attention_maps_are_distributions_over_positions(trained_checkpoint):
-    info, _, _, model = trained_checkpoint
-    words = torch.from_numpy(label_files.load_word_vectors(info['word_file']))
-    with torch.no_grad():
-        features = model.resnet_101(torch.randn(2, 3, 128, 128))
-        maps = model.attention_maps(features, words, [3, 7, 11])
-    assert [tuple(m.shape) for m in maps] == [(2, 3, 8, 8), (2, 3, 4, 4), (2, 3, 2, 2)]
-    for m in maps:
-        torch.testing.assert_close(m.sum((-1, -2)), torch.ones(2, 3))
-
-
-def test_predict_threshold_with_no_label_says_so(trained_checkpoint, capsys):
-    info, path, images, _ = trained_checkpoint
-    assert predict.main([str(images[0]), '--resume', str(path), '-graph_file', info['graph_file'], '-word_file',
-                         info['word_file'], '--image-size', '96', '--threshold', '1.01']) == 0
-    assert re.search(r'no label reaches 1.01; best: \w+ \d\.\d{3}', capsys.readouterr().out)
-
-
-def test_predict_bad_image_is_one_line(trained_checkpoint, tmp_path):
-    info, path, _, _ = trained_checkpoint
-    bad = tmp_path / 'broken.jpg'
-    bad.write_bytes(b'\xff\xd8\xff\xe0 not really a jpeg')
-    result = run_script('predict.py', bad, '--resume', path, '-graph_file', info['graph_file'], '-word_file',
-                        info['word_file'])
-    assert_one_line_error(result, r'broken.jpg: cannot read image')
 
 
 # ---------------------------------------------------------------------------------------------

@@ -160,7 +160,8 @@ def test_build_engine_and_optimizer_from_args():
     args = argparse.Namespace(batch_size=3, workers=0, epochs=5, start_epoch=1, epoch_step=[3, 4], image_size=32,
                               print_freq=2, save_dir='somewhere', resume='', evaluate=False, seed=7,
                               clip_grad_norm=0.0, backbone='resnet18', lr=0.2, momentum=0.8, weight_decay=1e-3,
-                              amp=None, progress=False, sync_bn=False, ema_decay=0.0, loss='asl', tensorboard=False)
+                              amp=None, amp_dtype='float16', channels_last=False, progress=False, sync_bn=False,
+                              ema_decay=0.0, loss='asl', tensorboard=False)
     engine = build_engine(args, device=torch.device('cpu'), resume=None, class_names=['a', 'b', 'c', 'd'],
                           settings={'args': {'lr': 0.2}}, val_split='test')
     assert (engine.batch_size, engine.max_epochs, engine.start_epoch, engine.epoch_step, engine.resume,
