@@ -1,19 +1,24 @@
-import os
-
+"""Fixtures shared by the test modules (helpers to import are in tests/helpers.py), and the rule that
+keeps tests marked ``long`` out of every run whose -m does not name them."""
 import pytest
 
+import demo_custom_gcn
+import demo_voc2007_gcn
+import label_files
+from tests.helpers import QUICK, custom_argv, run_demo
 from tests.local_http import LocalServer
 from tools import synthetic_data
 
-OFFICIAL_DATA = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'reference', 'data')
 
-
-def official_file(rel):
-    """Path of an official data file in ../shared/reference/data, or skip the test without it."""
-    path = os.path.join(OFFICIAL_DATA, rel)
-    if not os.path.isfile(path):
-        pytest.skip(f'{rel}: ../shared/reference/data not available')
-    return path
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``long`` (minutes) run only when -m names them (``python -m pytest -m long``);
+    any other -m, such as ``-m "not slow"``, leaves them out as the default run does."""
+    if 'long' in (config.getoption('markexpr') or ''):
+        return
+    deselected = [item for item in items if item.get_closest_marker('long')]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [item for item in items if not item.get_closest_marker('long')]
 
 
 @pytest.fixture
@@ -36,3 +41,30 @@ def synthetic(tmp_path_factory):
             written[key] = synthetic_data.WRITERS[name](str(tmp_path_factory.mktemp(name)), **options)
         return written[key]
     return get
+
+
+@pytest.fixture(scope='session')
+def voc_run(synthetic, tmp_path_factory):
+    """Two epochs of VOC training (64 px, ResNet-18) with an EMA of the weights and the ASL loss,
+    through demo_voc2007_gcn.py: (dataset info, save folder). Tests must not change the folder."""
+    info = synthetic('voc', n_trainval=16, n_test=8, image_size=64)
+    save = tmp_path_factory.mktemp('voc_run') / 'out'
+    argv = [info['root'], '-graph_file', info['graph_file'], '-word_file', info['word_file'], '--epochs', '2',
+            '--epoch_step', '1', '-b', '8', '--seed', '0', '--save-dir', save, '--ema-decay', '0.9', '--loss', 'asl',
+            *QUICK]
+    code, out = run_demo(demo_voc2007_gcn, argv)
+    assert code == 0, out
+    return info, save
+
+
+@pytest.fixture(scope='session')
+def custom_run(synthetic, tmp_path_factory):
+    """One epoch on the synthetic custom data (24 train, 12 val images) with no graph or word file,
+    through demo_custom_gcn.py: (dataset info, save folder, what it printed). Tests must not change
+    the folder."""
+    info = synthetic('custom', n_train=24, n_val=12)
+    label_files._text_or_fallback_vectors.cache_clear()
+    save = tmp_path_factory.mktemp('custom_run') / 'out'
+    code, out = run_demo(demo_custom_gcn, custom_argv(info['root'], save))
+    assert code == 0, out
+    return info, save, out

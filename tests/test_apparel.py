@@ -9,7 +9,7 @@ import pytest
 import apparel
 import label_files
 from errors import DatasetError
-from tests.conftest import official_file
+from tests.helpers import official_file
 
 
 def make(root, split='train', **kw):

@@ -11,7 +11,7 @@ import torch
 
 import attention
 from attention import chunked_label_attention, fused_label_attention, lean_label_attention, plain_label_attention
-from tests.test_models import small_model
+from tests.helpers import small_model
 
 
 @pytest.fixture(scope='module')

@@ -7,7 +7,7 @@ import torch
 from checkpoint import load_checkpoint, load_matching, settings_entries, stored_settings
 from errors import CheckpointError
 from models import MSRN
-from tests.test_models import random_graph
+from tests.helpers import random_graph
 
 
 def small(num_classes=5, seed=0):

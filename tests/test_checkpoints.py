@@ -11,7 +11,7 @@ import checkpoint
 from checkpoint import load_checkpoint, load_imagenet_trunk
 from errors import CheckpointError
 from models import MSRN
-from tests.test_models import random_graph
+from tests.helpers import random_graph
 
 
 @pytest.fixture(scope='module')

@@ -19,15 +19,12 @@ import demo_voc2007_gcn
 import label_files
 import predict
 from errors import CheckpointError, DatasetError, UsageError
-from tests.test_demo import REPO, assert_one_line_error, official_checkpoint
+from tests.helpers import QUICK, REPO, assert_one_line_error, official_checkpoint
 
 DEMOS = {'voc': demo_voc2007_gcn, 'coco': demo_coco_gcn, 'nuswide': demo_nuswide_gcn, 'apparel': demo_apparel_gcn}
 POOL_RATIOS = {'voc': 0.2, 'coco': 0.05, 'nuswide': 0.05, 'apparel': 0.2}
 TINY = {'voc': dict(n_trainval=8, n_test=6), 'coco': dict(n_train=8, n_val=6), 'nuswide': dict(n_train=8, n_val=6),
         'apparel': dict(n_per_folder=1, layout='official')}
-QUICK = ['--backbone', 'resnet18', '--pretrained', '0', '--image-size', '64', '-j', '0', '--device', 'cpu',
-         '--no-download']
-
 
 def parse(argv, demo=demo_voc2007_gcn):
     return cli.parse_args(cli.get_args_parser(demo.DATASET), argv)
@@ -216,22 +213,8 @@ def test_a_first_release_checkpoint_evaluates_like_the_later_layout(synthetic, t
 # ---------------------------------------------------------------------------------------------
 # Our checkpoints carry their settings: resume, -e and predict.py need nothing else
 
-@pytest.fixture(scope='module')
-def trained_run(tmp_path_factory):
-    """Two epochs of VOC training (64 px, ResNet-18) with an EMA of the weights and the ASL loss."""
-    from tools.synthetic_data import write_voc
-    root = tmp_path_factory.mktemp('run')
-    info = write_voc(str(root / 'voc'), n_trainval=16, n_test=8, image_size=64)
-    save = root / 'out'
-    argv = [info['root'], '-graph_file', info['graph_file'], '-word_file', info['word_file'], '--epochs', '2',
-            '--epoch_step', '1', '-b', '8', '--seed', '0', '--save-dir', str(save), '--ema-decay', '0.9',
-            '--loss', 'asl', *QUICK]
-    assert demo_voc2007_gcn.main(demo_voc2007_gcn.DATASET, argv) == 0
-    return info, save
-
-
-def test_checkpoints_carry_classes_graph_word_vectors_and_settings(trained_run):
-    info, save = trained_run
+def test_checkpoints_carry_classes_graph_word_vectors_and_settings(voc_run):
+    info, save = voc_run
     full = torch.load(save / 'checkpoint.pth.tar', weights_only=True)
     best = torch.load(save / 'model_best.pth.tar', weights_only=True)
     import voc
@@ -256,8 +239,8 @@ def test_checkpoints_carry_classes_graph_word_vectors_and_settings(trained_run):
     assert len([name for name in os.listdir(save) if name.startswith('events.out.tfevents.')]) == 1  # by default
 
 
-def test_evaluation_with_the_checkpoint_alone(trained_run, capsys):
-    _, save = trained_run
+def test_evaluation_with_the_checkpoint_alone(voc_run, capsys):
+    _, save = voc_run
     argv = ['-e', '--resume', str(save / 'model_best.pth.tar'), '--no-download', '-j', '0', '--device', 'cpu']
     for expected in ('eval_model_best.json', 'eval_model_best-2.json'):   # a second one does not overwrite
         assert demo_voc2007_gcn.main(demo_voc2007_gcn.DATASET, argv) == 0
@@ -280,8 +263,8 @@ def test_evaluation_with_the_checkpoint_alone(trained_run, capsys):
                                                    for r in record['per_class_ap']]
 
 
-def test_resume_with_the_checkpoint_alone_continues_the_same_run(trained_run, tmp_path, capsys):
-    _, save = trained_run
+def test_resume_with_the_checkpoint_alone_continues_the_same_run(voc_run, tmp_path, capsys):
+    _, save = voc_run
     run = tmp_path / 'run'
     shutil.copytree(save, run)   # a copied run goes on in its copy: the original is never touched
     original = {name: (save / name).read_bytes() for name in os.listdir(save)}
@@ -303,8 +286,8 @@ def test_resume_with_the_checkpoint_alone_continues_the_same_run(trained_run, tm
     assert {name: (save / name).read_bytes() for name in os.listdir(save)} == original
 
 
-def test_predict_with_the_checkpoint_alone(trained_run, capsys):
-    info, save = trained_run
+def test_predict_with_the_checkpoint_alone(voc_run, capsys):
+    info, save = voc_run
     image = sorted(os.listdir(os.path.join(info['root'], 'VOCdevkit', 'VOC2007', 'JPEGImages')))[0]
     path = os.path.join(info['root'], 'VOCdevkit', 'VOC2007', 'JPEGImages', image)
     assert predict.main([path, '--resume', str(save / 'model_best.pth.tar'), '--no-download', '--threshold', '0',
@@ -316,8 +299,8 @@ def test_predict_with_the_checkpoint_alone(trained_run, capsys):
     assert all(line.split()[0] in voc.CLASSES for line in lines[2:])
 
 
-def test_another_datasets_checkpoint_is_refused(trained_run, synthetic, capsys):
-    _, save = trained_run
+def test_another_datasets_checkpoint_is_refused(voc_run, synthetic, capsys):
+    _, save = voc_run
     info = synthetic('apparel', **TINY['apparel'])
     argv = [info['root'], '--image-label', info['image_label'], '-e', '--resume', str(save / 'model_best.pth.tar'),
             '-j', '0', '--device', 'cpu', '--no-download']

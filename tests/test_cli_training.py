@@ -18,9 +18,8 @@ import demo_coco_gcn
 import demo_nuswide_gcn
 import demo_voc2007_gcn
 import metrics
-from tests.test_models import REFERENCE, meta_model
+from tests.helpers import REFERENCE, REPO, meta_model
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHECKPOINT, BEST = 'checkpoint.pth.tar', 'model_best.pth.tar'
 FORCED_MAPS = [50.0, 70.0, 60.0, math.nan]  # validation mAPs of epochs 1-4: epoch 2 is the best
 

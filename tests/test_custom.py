@@ -1,8 +1,6 @@
 """Your own data (custom.py, demo_custom_gcn.py): the CSV layout, classes, bad input, the label
 graph and word vectors made for you, and the tools on this layout."""
-import contextlib
 import csv
-import io
 import json
 import re
 import shutil
@@ -17,7 +15,7 @@ import demo_custom_gcn
 import label_files
 import predict
 from errors import DatasetError
-from tests.test_demo import assert_one_line_error, run_script
+from tests.helpers import assert_one_line_error, custom_argv, run_demo, run_script
 from tools import build_adj, build_word2vec, synthetic_data
 
 CLASSES = synthetic_data.CUSTOM_CLASSES
@@ -285,11 +283,6 @@ def test_a_checkpoints_classes_are_taken_as_they_are(synthetic, tmp_path):
     assert val.targets.tolist() == [[-1, 1, 1], [1, -1, -1]]
 
 
-def custom_argv(root, save_dir, *extra):
-    return [str(root), '--backbone', 'resnet18', '--pretrained', '0', '--image-size', '64', '-b', '8', '-j', '0',
-            '--device', 'cpu', '--seed', '0', '--epochs', '1', '--save-dir', str(save_dir), *map(str, extra)]
-
-
 @pytest.mark.parametrize('case', BAD_INPUTS)
 def test_bad_input_through_the_demo_script_writes_nothing(case, synthetic, tmp_path, capsys):
     _, root = copy_data(synthetic, tmp_path)
@@ -398,25 +391,6 @@ def test_help_and_defaults_of_the_demo_script(capsys):
     assert args.graph_file is None and args.word_file is None and args.pool_ratio == 0.2
 
 
-def run_demo(argv):
-    """demo_custom_gcn in this process: (exit code, stdout)."""
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        code = demo_custom_gcn.main(demo_custom_gcn.DATASET, list(map(str, argv)))
-    return code, out.getvalue()
-
-
-@pytest.fixture(scope='module')
-def trained(tmp_path_factory, synthetic):
-    """One epoch on the synthetic custom data, with no graph or word file."""
-    info = synthetic('custom', **SMALL)
-    label_files._text_or_fallback_vectors.cache_clear()
-    save = tmp_path_factory.mktemp('custom_run') / 'out'
-    code, out = run_demo(custom_argv(info['root'], save))
-    assert code == 0, out
-    return info, save, out
-
-
 @pytest.fixture(scope='module')
 def glove_trained(tmp_path_factory, synthetic):
     """The same with -word_file pointing at a GloVe text file."""
@@ -424,7 +398,7 @@ def glove_trained(tmp_path_factory, synthetic):
     label_files._text_or_fallback_vectors.cache_clear()
     root = tmp_path_factory.mktemp('custom_glove_run')
     path, _ = write_glove(root / 'glove.6B.300d.txt')
-    code, out = run_demo(custom_argv(info['root'], root / 'out', '-word_file', path))
+    code, out = run_demo(demo_custom_gcn, custom_argv(info['root'], root / 'out', '-word_file', path))
     assert code == 0, out
     return info, root / 'out', out, path
 
@@ -436,8 +410,8 @@ def evaluate_argv(info, save, out_dir):
 
 
 @pytest.mark.slow
-def test_training_builds_the_graph_names_the_classes_and_announces_the_vectors(trained):
-    info, save, out = trained
+def test_training_builds_the_graph_names_the_classes_and_announces_the_vectors(custom_run):
+    info, save, out = custom_run
     graph_file = save / custom.GRAPH_NAME
     assert f'saved to {graph_file}' in out and out.count('[graph]') == 1
     assert out.count('[words] no word file') == 1
@@ -449,9 +423,9 @@ def test_training_builds_the_graph_names_the_classes_and_announces_the_vectors(t
 
 
 @pytest.mark.slow
-def test_evaluate_with_no_data_flags(trained, tmp_path):
-    info, save, _ = trained
-    code, out = run_demo(evaluate_argv(info, save, tmp_path))
+def test_evaluate_with_no_data_flags(custom_run, tmp_path):
+    info, save, _ = custom_run
+    code, out = run_demo(demo_custom_gcn, evaluate_argv(info, save, tmp_path))
     assert code == 0, out
     evaluated = json.loads((tmp_path / 'eval_model_best.json').read_text())
     trained_record = json.loads((save / 'eval_epoch001.json').read_text())
@@ -460,8 +434,8 @@ def test_evaluate_with_no_data_flags(trained, tmp_path):
 
 
 @pytest.mark.slow
-def test_predict_names_the_custom_classes(trained, capsys):
-    info, save, _ = trained
+def test_predict_names_the_custom_classes(custom_run, capsys):
+    info, save, _ = custom_run
     image = f"{info['root']}/images/val/0000.jpg"
     assert predict.main([image, '--resume', str(save / 'model_best.pth.tar'), '--threshold', '0', '--top-k', '6',
                          '--device', 'cpu', '--no-download']) == 0
@@ -483,7 +457,7 @@ def test_glove_run_evaluates_with_its_own_vectors(glove_trained, tmp_path):
     """-e --resume without -word_file (nor even the dataset folder) uses the vectors the model was
     trained with: the checkpoint's."""
     info, save, _, _ = glove_trained
-    code, out = run_demo(evaluate_argv(info, save, tmp_path)[1:])
+    code, out = run_demo(demo_custom_gcn, evaluate_argv(info, save, tmp_path)[1:])
     assert code == 0, out
     trained_ap = [row['ap'] for row in json.loads((save / 'eval_epoch001.json').read_text())['per_class_ap']]
     evaluated_ap = [row['ap'] for row in json.loads((tmp_path / 'eval_model_best.json').read_text())['per_class_ap']]

@@ -3,8 +3,6 @@ import json
 import os
 import re
 import shlex
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -16,9 +14,8 @@ import demo_coco_gcn
 import demo_nuswide_gcn
 import demo_voc2007_gcn
 import label_files
-from models import MSRN
+from tests.helpers import REPO, assert_one_line_error, official_checkpoint, run_script
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMOS = {'voc': demo_voc2007_gcn, 'coco': demo_coco_gcn, 'nuswide': demo_nuswide_gcn, 'apparel': demo_apparel_gcn}
 OFFICIAL_FLAGS = ['--image-size', '-i', '-j', '--workers', '--epochs', '--epoch_step', '--start-epoch', '-graph_file',
                   '-word_file', '-b', '--batch-size', '--lr', '--learning-rate', '--momentum', '--weight-decay',
@@ -85,21 +82,6 @@ def test_readme_shows_the_commands_the_tests_check():
         assert command in readme
 
 
-def official_checkpoint(path, num_classes, pool_ratio, backbone, graph):
-    """An official-format checkpoint of random weights. Its BatchNorm statistics are measured on
-    random images (fresh ones give eval features of ~1e4 in a ResNet-101, which overflow float16)."""
-    torch.manual_seed(0)
-    model = MSRN(num_classes, pool_ratio, backbone, graph)
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.momentum = None  # cumulative average
-    with torch.no_grad():
-        model.train().resnet_101(torch.randn(4, 3, 64, 64))
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    torch.save({'epoch': 20, 'arch': None, 'state_dict': model.state_dict(), 'best_score': torch.tensor(90.0)}, path)
-    return model
-
-
 def test_official_voc_command_runs_as_written_from_another_folder(tmp_path, monkeypatch, synthetic):
     """The README's VOC evaluation command, verbatim (ResNet-101, 448 px), on a tiny synthetic VOC.
 
@@ -154,20 +136,6 @@ def test_other_readme_commands_evaluate_a_checkpoint(name, official, tmp_path, s
 
 # ---------------------------------------------------------------------------------------------
 # Bad input through the scripts: one line on stderr, exit code 2, no traceback
-
-def run_script(script, *argv, cwd=None):
-    return subprocess.run([sys.executable, os.path.join(REPO, script), *map(str, argv)], cwd=cwd or REPO,
-                          capture_output=True, text=True, timeout=300)
-
-
-def assert_one_line_error(result, pattern):
-    """Exit code 2, no traceback, one 'error:' line (progress bars may precede it on stderr)."""
-    assert result.returncode == 2, result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith('error:')]
-    assert len(errors) == 1 and 'Traceback' not in result.stderr, result.stderr
-    assert result.stderr.rstrip().endswith(errors[0])
-    assert re.search(pattern, errors[0]), errors[0]
-
 
 def test_missing_dataset_root(tmp_path):
     result = run_script('demo_voc2007_gcn.py', tmp_path / 'nowhere', '--no-download', '-graph_file',

@@ -9,7 +9,7 @@ import label_files
 from download import DownloadError
 from errors import DatasetError
 from label_files import LabelFileError, load_adjacency, load_image_labels, load_word_vectors
-from tests.conftest import OFFICIAL_DATA, official_file
+from tests.helpers import OFFICIAL_DATA, official_file
 
 SHAPES = {'voc': 20, 'coco': 80, 'nuswide': 81, 'apparel': 11}
 

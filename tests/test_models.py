@@ -1,7 +1,6 @@
 """MSRN model: parameter layout, forward pass against references, label graph (attention: test_attention.py)."""
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,31 +8,16 @@ import torch
 
 import models
 from models import MSRN, MSGDN, label_graph
+from tests.helpers import REFERENCE, meta_model, needs_reference, random_graph, small_model
 from tests.reference import plain_graph_attention, plain_head, plain_label_graph
 
-REFERENCE = Path(__file__).resolve().parents[2] / 'shared' / 'reference'
-needs_reference = pytest.mark.skipif(not REFERENCE.is_dir(), reason='../shared/reference not present')
-
 CONFIGS = {'voc': (20, 0.2), 'coco': (80, 0.05), 'coco_pool0.2': (80, 0.2), 'nuswide': (81, 0.05), 'apparel': (11, 0.2)}
-
-
-def random_graph(num_classes, seed=0):
-    rng = np.random.default_rng(seed)
-    nums = rng.integers(20, 200, num_classes)
-    adj = np.triu(rng.integers(0, 60, (num_classes, num_classes)), 1)
-    adj = np.minimum(adj + adj.T, nums[:, None])
-    return {'adj': adj, 'nums': nums}
 
 
 def describe_state_dict(model):
     params = dict(model.named_parameters())
     return [{'key': k, 'shape': list(v.shape), 'dtype': str(v.dtype).removeprefix('torch.'),
              'kind': 'parameter' if k in params else 'buffer'} for k, v in model.state_dict().items()]
-
-
-def meta_model(num_classes, pool_ratio, backbone='resnet101'):
-    with torch.device('meta'):  # layout only: no memory, no init cost
-        return MSRN(num_classes, pool_ratio, backbone, random_graph(num_classes))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -122,11 +106,6 @@ def test_head_reproduces_official_fixture():
     torch.testing.assert_close(assign, inter['assign_mat'], atol=1e-5, rtol=0)
     torch.testing.assert_close(logits, fixture['logits'], atol=1e-5, rtol=0)
     torch.testing.assert_close(group_loss2, fixture['group_loss'], atol=1e-5, rtol=0)
-
-
-def small_model(num_classes=5, pool_ratio=0.4, backbone='resnet18', seed=0, **kwargs):
-    torch.manual_seed(seed)
-    return MSRN(num_classes, pool_ratio, backbone, random_graph(num_classes, seed), **kwargs)
 
 
 def test_head_matches_plain_reference_on_random_weights():

@@ -5,7 +5,7 @@ import torch
 
 import checkpoint
 from models import MSRN
-from tests.test_models import REFERENCE, needs_reference, random_graph
+from tests.helpers import REFERENCE, needs_reference, random_graph
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
 

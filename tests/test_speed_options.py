@@ -9,6 +9,7 @@ import torch.nn as nn
 
 import demo_custom_gcn
 import models
+from tests.helpers import custom_argv, random_graph
 from tests.toy import ToyDataset, ToyMSRN, make_engine, make_optimizer
 from util import seed_everything
 
@@ -44,7 +45,6 @@ def fresh_compile(monkeypatch):
 
 
 def small_msrn():
-    from tests.test_models import random_graph
     torch.manual_seed(0)
     return models.MSRN(5, 0.4, 'resnet18', random_graph(5)).eval()
 
@@ -89,11 +89,6 @@ def test_a_compile_failure_is_one_warning_and_eager_mode(fresh_compile, monkeypa
         'warning: torch.compile failed (RuntimeError: no C compiler found); the trunk runs eagerly']
 
 
-def custom_argv(root, save, *extra):
-    return [root, '--backbone', 'resnet18', '--pretrained', '0', '--image-size', '64', '-b', '8', '-j', '0',
-            '--device', 'cpu', '--seed', '0', '--epoch_step', '1', '--save-dir', str(save), *map(str, extra)]
-
-
 @pytest.mark.slow
 def test_a_bfloat16_cpu_run_trains_two_epochs_and_resumes_bit_for_bit(synthetic, tmp_path):
     info = synthetic('custom', n_train=16, n_val=8)
@@ -113,15 +108,12 @@ def test_a_bfloat16_cpu_run_trains_two_epochs_and_resumes_bit_for_bit(synthetic,
 
 
 @pytest.mark.slow
-def test_speed_options_through_the_demo_script_evaluate_the_same(synthetic, tmp_path, monkeypatch):
+def test_speed_options_through_the_demo_script_evaluate_the_same(custom_run, tmp_path, monkeypatch):
     """--attention plain / chunked, --channels-last and --compile (with the 'eager' backend) give
     the evaluation of the default run, up to float rounding."""
     monkeypatch.setattr(models, '_compiled_call', None)
     monkeypatch.setattr(torch, 'compile', functools.partial(torch.compile, backend='eager'))
-    info = synthetic('custom', n_train=16, n_val=8)
-    assert demo_custom_gcn.main(demo_custom_gcn.DATASET, custom_argv(info['root'], tmp_path / 'run', '--epochs',
-                                                                     '1')) == 0
-    checkpoint = str(tmp_path / 'run' / 'model_best.pth.tar')
+    checkpoint = str(custom_run[1] / 'model_best.pth.tar')
     scores = {}
     for name, flags in {'default': [], 'plain': ['--attention', 'plain'], 'chunked': ['--attention', 'chunked'],
                         'channels-last': ['--channels-last'], 'compile': ['--compile']}.items():
