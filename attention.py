@@ -14,11 +14,12 @@ with its own vector l as the query. Three implementations of the same function
 Both lean versions compute in float32 (float64 if given) whatever the autocast state, and share one
 formulation. Per (b, d) and node, each position enters through its offset y_p = x_p − peak from the
 peak, the x_p with the largest l·x_p (max_p x or min_p x by the sign of l): the exponent arguments
-l·y_p are <= 0 (floored at EXP_FLOOR), V = peak + E_α[y], and backward uses dV/dl = Var_α[y] =
-E_α[y²] − E_α[y]² and dV/dx_p = α_p·(1 + l·(y_p − E_α[y])). About the peak these differences do not
-cancel as the attention sharpens (about the mean of x they did: V − mean grows while Var_α shrinks),
-and the sums over positions are accumulated in pieces (torch's cascade sum; blocks of SUM_BLOCK
-positions in the kernels), not in one running total of P terms.
+l·y_p are <= 0 (floored at EXP_FLOOR). Forward takes two passes over the positions: about the peak
+(Σ w, E_α[y], a first V), then about that V (its correction, and Var_α[y] = E_α[(x − V)²] with no
+E[x²] − E[x]² to cancel); backward uses dV/dl = Var_α[y] and dV/dx_p = α_p·(1 + l·(y_p − E_α[y])).
+Sums over positions are taken in pieces (torch's cascade sum; blocks of SUM_BLOCK positions in the
+kernels), not as one running total of P terms. At full size both stay within 3e-5 of the float64
+formula (relative to each tensor's largest value; tests/test_attention.py).
 
 Shape legend (as in models.py): B batch, P = H·W feature positions, N nodes attended to (C labels,
 K label groups, or C+K), D = 512 label dimension; lower case (b, n) for a chunk of B or N.
@@ -31,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-CHUNK_ELEMENTS = {'cpu': 1 << 20}   # work tensor size per step: fits the CPU's L2 cache
+CHUNK_ELEMENTS = {'cpu': 1 << 18}   # work tensor size per step (1 MB): fastest of 2^16-2^20 on a 2-core EPYC
 DEFAULT_CHUNK_ELEMENTS = 1 << 24    # other devices without the kernels: 64 MB steps, few launches
 # exp is several times slower on the CPU where its result underflows; e^-80 (1e-35) is already far
 # below float32 resolution next to the largest weight, which is 1
@@ -63,10 +64,10 @@ def _peaks(lt, xmax, xmin):
     return torch.where(lt >= 0, xmax.unsqueeze(-1), xmin.unsqueeze(-1))
 
 
-def _offsets_and_weights(xt, lt, xmax, xmin):
+def _offsets_and_weights(xt, lt, peak):
     """Offsets from the peak y_p = x_p − peak and unnormalised weights exp(l·y_p), floored:
-    xt (b, D, P), lt (D, n), xmax, xmin (b, D) -> both (b, D, n, P)."""
-    y = xt.unsqueeze(2) - _peaks(lt, xmax, xmin).unsqueeze(-1)          # (b, D, n, P); l·y <= 0
+    xt (b, D, P), lt (D, n), peak (b, D, n) -> both (b, D, n, P)."""
+    y = xt.unsqueeze(2) - peak.unsqueeze(-1)                              # (b, D, n, P); l·y <= 0
     return y, torch.mul(y, lt.unsqueeze(-1)).clamp_min_(EXP_FLOOR).exp_()   # clamp and exp keep NaN
 
 
@@ -81,19 +82,22 @@ class _ChunkedAttention(torch.autograd.Function):
         xt = x.transpose(1, 2).contiguous()                  # (B, D, P)
         xmax, xmin = xt.amax(-1), xt.amin(-1)                # (B, D); NaN if any x is
         lt = nodes.t().contiguous()                          # (D, N)
-        sums = x.new_empty(3 if keep_var else 2, batch, dim, num_nodes)   # Σ w, Σ w·y, Σ w·y²
+        out, mean_y, var, total = (x.new_empty(batch, dim, num_nodes) for _ in range(4))   # (B, D, N)
         for bs, ns in _chunks(batch, num_nodes, dim * positions, x.device.type):
-            y, weights = _offsets_and_weights(xt[bs], lt[:, ns], xmax[bs], xmin[bs])   # (b, D, n, P)
-            sums[0, bs, :, ns] = weights.sum(-1)
-            weighted = weights.mul_(y)                       # w·y
-            sums[1, bs, :, ns] = weighted.sum(-1)
+            peak = _peaks(lt[:, ns], xmax[bs], xmin[bs])                   # (b, D, n)
+            y, weights = _offsets_and_weights(xt[bs], lt[:, ns], peak)     # (b, D, n, P)
+            t = total[bs, :, ns] = weights.sum(-1)
+            first = peak + (weights * y).sum(-1) / t         # V = peak + E_α[y], first pass
+            # second pass about that V: corrects it, and gives Var_α without E[y²] − E[y]² cancelling
+            dev = torch.sub(xt[bs].unsqueeze(2), first.unsqueeze(-1), out=y)   # x_p − V
+            weighted = weights.mul_(dev)
+            shift = weighted.sum(-1) / t
+            out[bs, :, ns] = first + shift
+            mean_y[bs, :, ns] = (first - peak) + shift       # first as rounded: shift corrects that value
             if keep_var:
-                sums[2, bs, :, ns] = weighted.mul_(y).sum(-1)
-        total = sums[0]                                      # (B, D, N)
-        mean_y = sums[1] / total                             # E_α[y]
-        var = sums[2] / total - mean_y * mean_y if keep_var else None   # Var_α[y]
-        ctx.save_for_backward(xt, lt, mean_y, var, total)
-        return (_peaks(lt, xmax, xmin) + mean_y).transpose(1, 2)   # (B, N, D)
+                var[bs, :, ns] = weighted.mul_(dev).sum(-1) / t - shift * shift
+        ctx.save_for_backward(xt, lt, mean_y, var if keep_var else None, total)
+        return out.transpose(1, 2)                           # (B, N, D)
 
     @staticmethod
     @once_differentiable
@@ -110,7 +114,7 @@ class _ChunkedAttention(torch.autograd.Function):
             xmax, xmin = xt.amax(-1), xt.amin(-1)
             acc = torch.zeros_like(xt)                       # (B, D, P)
             for bs, ns in _chunks(xt.shape[0], lt.shape[1], xt.shape[1] * xt.shape[2], xt.device.type):
-                y, weights = _offsets_and_weights(xt[bs], lt[:, ns], xmax[bs], xmin[bs])   # (b, D, n, P)
+                y, weights = _offsets_and_weights(xt[bs], lt[:, ns], _peaks(lt[:, ns], xmax[bs], xmin[bs]))
                 acc[bs] += torch.addcmul(c0[bs, :, ns, None], y, c1[bs, :, ns, None]).mul_(weights).sum(2)
             grad_x = acc.transpose(1, 2)
         return grad_x, grad_nodes, None
@@ -146,13 +150,40 @@ try:  # missing or broken (any error: a failing import, no source for the JIT) o
     _FLOOR = tl.constexpr(EXP_FLOOR)  # kernels read only constexpr globals
 
     @triton.jit
+    def _moments(x_row, sxp, d_ok, l, peak, centre, P, SUM_BLOCK: tl.constexpr):
+        """Σ_p w, Σ_p w·(x_p − c), Σ_p w·(x_p − c)² over one (n, d) tile's positions, with
+        w = exp(l·(x_p − peak)) floored (a NaN stays NaN: tl.maximum alone would drop it) and c the
+        centre; SUM_BLOCK positions at a time, as one running total would round each addition at
+        the total's magnitude."""
+        s0 = tl.zeros_like(peak)
+        s1 = tl.zeros_like(peak)
+        s2 = tl.zeros_like(peak)
+        for start in range(0, P, SUM_BLOCK):
+            t0 = tl.zeros_like(peak)
+            t1 = tl.zeros_like(peak)
+            t2 = tl.zeros_like(peak)
+            for p in range(start, tl.minimum(start + SUM_BLOCK, P)):
+                xp = tl.load(x_row + p * sxp, mask=d_ok, other=0.0).to(tl.float32)[None, :]   # (1, d)
+                w = tl.exp(tl.maximum(l * (xp - peak), _FLOOR, propagate_nan=tl.PropagateNan.ALL))   # (n, d)
+                dev = xp - centre
+                wd = w * dev
+                t0 += w
+                t1 += wd
+                t2 += wd * dev
+            s0 += t0
+            s1 += t1
+            s2 += t2
+        return s0, s1, s2
+
+    @triton.jit
     def _forward_kernel(x_ptr, l_ptr, stats_ptr, out_ptr, mean_ptr, var_ptr, total_ptr, P, N, D,
                         sxb, sxp, sxd, sln, sld, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                         SUM_BLOCK: tl.constexpr):
         """One program: batch item b, a (BLOCK_N, BLOCK_D) tile of nodes × channels, all P positions.
 
-        Loops over p keeping the moment sums Σ w, Σ w·y, Σ w·y² (y = x − peak) of its tile in
-        registers, SUM_BLOCK positions at a time; writes V, E_α[y], Var_α[y] and Σ w, each (B, N, D).
+        Two passes over p, the moment sums of its tile in registers: about the peak (Σ w, E_α[y]:
+        a first V), then about that V (its correction and Var_α, without E[y²] − E[y]² cancelling);
+        writes V, E_α[y], Var_α[y] and Σ w, each (B, N, D).
         """
         b = tl.program_id(2)
         n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)               # (n,)
@@ -163,33 +194,16 @@ try:  # missing or broken (any error: a failing import, no source for the JIT) o
         xmax = tl.load(stats_ptr + (b * 2 + 0) * D + d, mask=d_ok, other=0.0)   # (d,)
         xmin = tl.load(stats_ptr + (b * 2 + 1) * D + d, mask=d_ok, other=0.0)
         peak = tl.where(l >= 0, xmax[None, :], xmin[None, :])                 # (n, d)
-        s0 = tl.full((BLOCK_N, BLOCK_D), 0.0, tl.float32)
-        s1 = tl.full((BLOCK_N, BLOCK_D), 0.0, tl.float32)
-        s2 = tl.full((BLOCK_N, BLOCK_D), 0.0, tl.float32)
         x_row = x_ptr + b * sxb + d * sxd
-        for start in range(0, P, SUM_BLOCK):
-            # a running total of all P terms would round each addition at the total's magnitude
-            t0 = tl.full((BLOCK_N, BLOCK_D), 0.0, tl.float32)
-            t1 = tl.full((BLOCK_N, BLOCK_D), 0.0, tl.float32)
-            t2 = tl.full((BLOCK_N, BLOCK_D), 0.0, tl.float32)
-            for p in range(start, tl.minimum(start + SUM_BLOCK, P)):
-                xp = tl.load(x_row + p * sxp, mask=d_ok, other=0.0).to(tl.float32)   # (d,)
-                y = xp[None, :] - peak                                           # (n, d)
-                # tl.maximum would drop a NaN (and give a finite output); propagate it
-                w = tl.exp(tl.maximum(l * y, _FLOOR, propagate_nan=tl.PropagateNan.ALL))
-                wy = w * y
-                t1 += w
-                t0 += wy
-                t2 += wy * y
-            s0 += t0
-            s1 += t1
-            s2 += t2
-        mean_y = s0 / s1
+        total, s1, _ = _moments(x_row, sxp, d_ok, l, peak, peak, P, SUM_BLOCK)
+        first = peak + s1 / total                                             # V = peak + E_α[y], first pass
+        _, r1, r2 = _moments(x_row, sxp, d_ok, l, peak, first, P, SUM_BLOCK)
+        shift = r1 / total
         offsets = (b * N + n[:, None]) * D + d[None, :]                      # into (B, N, D) contiguous
-        tl.store(out_ptr + offsets, peak + mean_y, mask=tile_ok)
-        tl.store(mean_ptr + offsets, mean_y, mask=tile_ok)
-        tl.store(var_ptr + offsets, s2 / s1 - mean_y * mean_y, mask=tile_ok)
-        tl.store(total_ptr + offsets, s1, mask=tile_ok)
+        tl.store(out_ptr + offsets, first + shift, mask=tile_ok)
+        tl.store(mean_ptr + offsets, (first - peak) + shift, mask=tile_ok)   # shift corrects first as rounded
+        tl.store(var_ptr + offsets, r2 / total - shift * shift, mask=tile_ok)
+        tl.store(total_ptr + offsets, total, mask=tile_ok)
 
     # not specialising the position strides on 1 keeps Triton from laying threads along p, which
     # would give each thread 16 channels and 16 copies of the per-(n, d) loads of every step

@@ -218,6 +218,26 @@ def test_fused_kernels_are_exact_over_784_positions(interpreted):
     assert_matches_float64(got, x, nodes, grad, tol=PRECISION)
 
 
+def spiky(node_scale, positions=784, nodes=6, dim=64):
+    """x (1, P, D) near 1 but for one large value per channel, nodes (N, D) scaled by node_scale, an
+    output gradient: nodes of scale 1e-4 attend almost uniformly, so V is far from the peak (moments
+    about the peak cancel); of scale 1 they split between the spike and the rest (about the mean)."""
+    gen = torch.Generator().manual_seed(0)
+    x = 1 + 0.5 * torch.rand(1, dim, positions, generator=gen)
+    x[:, :, positions // 7] = 20 + 100 * torch.rand(1, dim, generator=gen)
+    nodes_ = torch.randn(nodes, dim, generator=gen) * node_scale
+    return x.transpose(1, 2), nodes_, torch.randn(1, nodes, dim, generator=gen, dtype=torch.float64)
+
+
+@pytest.mark.parametrize('node_scale', [1e-4, 1.0])
+@pytest.mark.parametrize('impl', ['chunked', 'fused'])
+def test_exact_on_one_spike_per_channel(impl, node_scale, interpreted):
+    x, nodes, grad = spiky(node_scale)
+    fn = attention.ATTENTIONS[impl]
+    got = interpreted(outputs_and_grads, fn, x, nodes, grad) if impl == 'fused' else outputs_and_grads(fn, x, nodes, grad)
+    assert_matches_float64(got, x, nodes, grad, tol=PRECISION)
+
+
 # --------------------------------------------------------------------------------------------
 # NaN in, NaN out
 
