@@ -357,6 +357,16 @@ def test_auto_uses_kernels_that_pass_the_check(pretend_cuda, monkeypatch):
     assert calls == [attention.CHECK_SHAPE[:2] + attention.CHECK_SHAPE[3:], x.shape, x.shape]
 
 
+def test_check_runs_under_inference_mode(pretend_cuda, monkeypatch):
+    """An eval loop's first call (inference_mode, autocast) still checks forward and backward."""
+    monkeypatch.setattr(attention, 'fused_label_attention', plain_label_attention)   # right numbers
+    x, nodes, _ = inputs(2, 37, 5, 16)
+    with warnings.catch_warnings(), torch.inference_mode(), torch.autocast('cpu', dtype=torch.bfloat16):
+        warnings.simplefilter('error')
+        auto_label_attention(x, nodes)
+    assert attention.kernels_usable(x.device)
+
+
 def test_fused_fails_loudly(monkeypatch):
     monkeypatch.setattr(attention, '_forward_kernel', FailingLaunch(), raising=False)
     x, nodes, _ = inputs(2, 37, 5, 16)
