@@ -13,9 +13,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+# before torchvision, whose import probes Triton: attention.py makes a broken one look absent
+from attention import ATTENTIONS
 import torchvision
 
-from attention import ATTENTIONS
 from errors import UsageError
 from label_files import load_adjacency
 
@@ -160,12 +162,13 @@ class GroupEmbed(nn.Module):
 class MSRN(nn.Module):
     """MSRN (official name ``MSGDN``): forward(img, inp) -> (logits (B, C), group_loss ())."""
 
-    def __init__(self, num_classes, pool_ratio, model_name, adj_file, attention='lean'):
+    def __init__(self, num_classes, pool_ratio, model_name, adj_file, attention='auto'):
         """adj_file: path of the graph file, or a mapping with 'adj' (C, C) and 'nums' (C,) counts.
 
-        attention: how the label-guided attention is computed (``attention.py``): 'lean' (default:
-        fused Triton kernels on CUDA, chunked PyTorch elsewhere), 'plain' (the official formula and
-        its (B, P, N, D) memory), or 'chunked' / 'fused' to force one lean implementation.
+        attention: how the label-guided attention is computed (``attention.py``): 'auto' (default:
+        the fused Triton kernels on CUDA once they pass a check in this process, the chunked PyTorch
+        code otherwise), 'fused' (the kernels or an error), 'chunked', or 'plain' (the official
+        formula and its (B, P, N, D) memory).
         """
         super().__init__()
         self.num_classes = num_classes

@@ -92,7 +92,7 @@ def run_case(config, case, mode, batch, args):
     device = args.device
     num_classes, pool_ratio = CONFIGS[config]
     graph = {'adj': np.ones((num_classes, num_classes)), 'nums': np.full(num_classes, 2.0)}
-    model = MSRN(num_classes, pool_ratio, 'resnet101', graph, attention=ATTENTION.get(case, 'lean'))
+    model = MSRN(num_classes, pool_ratio, 'resnet101', graph, attention=ATTENTION.get(case, 'auto'))
     if case == 'e':
         model.attention = torch.compile(plain_label_attention, dynamic=False)
     if args.fc1_half:

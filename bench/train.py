@@ -229,7 +229,7 @@ def main():
         cells = f"{r['images_per_s']:.1f} | {r['peak_gib']:.2f}" if r else 'failed (see stderr) |'
         print(f'| {label} | {cells} |', flush=True)
 
-    for attention, label in (('lean', 'MSRN'), ('plain', 'MSRN, plain formula')):
+    for attention, label in (('auto', 'MSRN'), ('plain', 'MSRN, plain formula')):
         row(f'step only, {label}', spawn(args, 'step', attention))
     # checkpoints (2 GB each for COCO) go to memory where there is room: writing them is not timed
     shm = '/dev/shm'
@@ -242,7 +242,7 @@ def main():
             shutil.rmtree(save_dir, ignore_errors=True)
     if args.max_batch:
         found = []
-        for attention, label in (('lean', 'MSRN'), ('plain', 'MSRN with the plain formula')):
+        for attention, label in (('auto', 'MSRN'), ('plain', 'MSRN with the plain formula')):
             r = spawn(args, 'max', attention)
             found.append(f"{label} {r['max_batch']}{'+' if r['limit_reached'] else ''}" if r else f'{label} failed')
         print('\nlargest training batch that fits: ' + ', '.join(found))

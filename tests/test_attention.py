@@ -1,17 +1,27 @@
-"""Label attention (attention.py): chunked and fused versions against the official formula in float64.
+"""Label attention (attention.py): chunked and fused versions against the official formula in float64,
+NaN propagation, and the default's fallback from the kernels to the chunked code.
 
 The fused Triton kernels run on CPU tensors through Triton's interpreter, in a child process
 started with TRITON_INTERPRET=1 (Triton reads it when it is imported). The compiled kernels are
 checked on a GPU in test_attention_cuda.py.
 """
 import multiprocessing
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
 
 import pytest
 import torch
 
 import attention
-from attention import chunked_label_attention, fused_label_attention, lean_label_attention, plain_label_attention
-from tests.helpers import small_model
+from attention import auto_label_attention, chunked_label_attention, fused_label_attention, plain_label_attention
+from tests.helpers import REPO, small_model
+
+# output, grad_x and grad_nodes of the float32 versions against the float64 formula, relative to
+# each tensor's largest value, at full size on trained_like inputs (measured: 2e-6 at worst)
+PRECISION = 3e-5
 
 
 @pytest.fixture(scope='module')
@@ -36,6 +46,20 @@ def inputs(batch, positions, nodes, dim, dtype=torch.float32, scale=3.0, seed=0)
     return x.to(dtype), nodes_.to(dtype), grad
 
 
+def trained_like(batch, positions, nodes, dim, seed=0):
+    """Inputs as a trained network gives them: x (B, P, D) non-negative and long-tailed (exponential
+    draws, each channel with its own exponential scale; the model's layout), node vectors of
+    log-normal norms, so that some attend almost uniformly and others to one position; and an
+    output gradient (B, N, D) in float64."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.empty(batch, dim, positions).exponential_(generator=gen)
+    x = (x * torch.empty(batch, dim, 1).exponential_(generator=gen)).transpose(1, 2)
+    directions = torch.nn.functional.normalize(torch.randn(nodes, dim, generator=gen), dim=1)
+    nodes_ = directions * torch.randn(nodes, 1, generator=gen).exp() * dim ** 0.5
+    grad = torch.randn(batch, nodes, dim, generator=gen, dtype=torch.float64)
+    return x, nodes_, grad
+
+
 def outputs_and_grads(fn, x, nodes, grad):
     """fn(x, nodes) and its gradients (x, nodes) for the output gradient ``grad``."""
     x, nodes = x.detach().requires_grad_(), nodes.detach().requires_grad_()
@@ -43,13 +67,13 @@ def outputs_and_grads(fn, x, nodes, grad):
     return (out.detach(), *torch.autograd.grad(out, (x, nodes), grad.to(out.dtype)))
 
 
-def assert_matches_float64(got, x, nodes, grad, rtol=1e-5):
-    """Output, grad_x and grad_nodes ``got`` within rtol of the float64 formula on the same input
+def assert_matches_float64(got, x, nodes, grad, tol=1e-5):
+    """Output, grad_x and grad_nodes ``got`` within tol of the float64 formula on the same input
     values, relative to each tensor's largest value."""
     want = outputs_and_grads(plain_label_attention, x.double(), nodes.double(), grad)
     for name, g, w in zip(('output', 'grad_x', 'grad_nodes'), got, want):
         assert g.shape == w.shape, name
-        torch.testing.assert_close(g.double(), w, rtol=rtol, atol=rtol * w.abs().max().item(), msg=name)
+        torch.testing.assert_close(g.double(), w, rtol=0, atol=tol * w.abs().max().item(), msg=name)
 
 
 # (B, P, N, D): partial tiles of every kernel block (16 nodes, 64 channels, 32 positions)
@@ -74,7 +98,7 @@ def test_chunked_in_float64_matches_formula(batch, positions, nodes, budget, mon
     x, nodes_, grad = inputs(batch, positions, nodes, 16, torch.float64)
     got = outputs_and_grads(chunked_label_attention, x, nodes_, grad)
     assert got[0].dtype == torch.float64
-    assert_matches_float64(got, x, nodes_, grad, rtol=1e-9)
+    assert_matches_float64(got, x, nodes_, grad, tol=1e-9)
 
 
 def test_chunked_passes_gradcheck():
@@ -139,11 +163,11 @@ def test_saves_no_position_by_node_tensor(impl, interpreted):
     assert largest_saved_tensor(plain_label_attention, x, l) >= batch * positions * nodes * dim
 
 
-def test_lean_runs_the_chunked_code_on_cpu(monkeypatch):
+def test_auto_runs_the_chunked_code_on_cpu(monkeypatch):
     x, nodes, _ = inputs(2, 37, 5, 16)
     want = chunked_label_attention(x, nodes)
     monkeypatch.setattr(attention, 'fused_label_attention', None)   # fails if called
-    assert torch.equal(lean_label_attention(x, nodes), want)
+    assert torch.equal(auto_label_attention(x, nodes), want)
 
 
 def model_outputs_and_grads(attention_name, seed=4):
@@ -164,3 +188,211 @@ def test_model_with_fused_kernels_equals_chunked(interpreted):
     assert fused_grads.keys() == grads.keys()
     for name, grad in grads.items():
         torch.testing.assert_close(fused_grads[name], grad, rtol=1e-4, atol=1e-4 * grad.abs().max().item(), msg=name)
+
+
+# --------------------------------------------------------------------------------------------
+# Precision at full size: COCO's (84 nodes) and VOC's (24) first level, one image
+
+FULL_SIZE = [(1, 784, 84, 512), (1, 784, 24, 512)]
+
+
+@pytest.mark.parametrize('shape', FULL_SIZE)
+def test_chunked_is_exact_at_full_size(shape):
+    x, nodes, grad = trained_like(*shape)
+    assert_matches_float64(outputs_and_grads(chunked_label_attention, x, nodes, grad), x, nodes, grad, tol=PRECISION)
+
+
+@pytest.mark.long   # 15-75 s each in the interpreter
+@pytest.mark.parametrize('shape', FULL_SIZE)
+def test_fused_kernels_are_exact_at_full_size(interpreted, shape):
+    x, nodes, grad = trained_like(*shape)
+    got = interpreted(outputs_and_grads, fused_label_attention, x, nodes, grad)
+    assert_matches_float64(got, x, nodes, grad, tol=PRECISION)
+
+
+def test_fused_kernels_are_exact_over_784_positions(interpreted):
+    """The full-size case with fewer channels: sums over as many positions, in seconds."""
+    x, nodes, grad = trained_like(1, 784, 24, 64)
+    got = interpreted(outputs_and_grads, fused_label_attention, x, nodes, grad)
+    assert_matches_float64(got, x, nodes, grad, tol=PRECISION)
+
+
+def spiky(node_scale, positions=784, nodes=6, dim=64):
+    """x (1, P, D) near 1 but for one large value per channel, nodes (N, D) scaled by node_scale, an
+    output gradient: nodes of scale 1e-4 attend almost uniformly, so V is far from the peak (moments
+    about the peak cancel); of scale 1 they split between the spike and the rest (about the mean)."""
+    gen = torch.Generator().manual_seed(0)
+    x = 1 + 0.5 * torch.rand(1, dim, positions, generator=gen)
+    x[:, :, positions // 7] = 20 + 100 * torch.rand(1, dim, generator=gen)
+    nodes_ = torch.randn(nodes, dim, generator=gen) * node_scale
+    return x.transpose(1, 2), nodes_, torch.randn(1, nodes, dim, generator=gen, dtype=torch.float64)
+
+
+@pytest.mark.parametrize('node_scale', [1e-4, 1.0])
+@pytest.mark.parametrize('impl', ['chunked', 'fused'])
+def test_exact_on_one_spike_per_channel(impl, node_scale, interpreted):
+    x, nodes, grad = spiky(node_scale)
+    fn = attention.ATTENTIONS[impl]
+    got = interpreted(outputs_and_grads, fn, x, nodes, grad) if impl == 'fused' else outputs_and_grads(fn, x, nodes, grad)
+    assert_matches_float64(got, x, nodes, grad, tol=PRECISION)
+
+
+# --------------------------------------------------------------------------------------------
+# NaN in, NaN out
+
+def with_nans(x, nodes):
+    """x with a NaN at (b 0, p 3, d 2), nodes with one at (n 1, d 5); and where the output must be
+    NaN: (0, every n, 2) and (every b, 1, 5), finite elsewhere."""
+    x, nodes = x.clone(), nodes.clone()
+    x[0, 3, 2] = nodes[1, 5] = float('nan')
+    expected = torch.zeros(x.shape[0], nodes.shape[0], x.shape[2], dtype=torch.bool)
+    expected[0, :, 2] = expected[:, 1, 5] = True
+    return x, nodes, expected
+
+
+@pytest.mark.parametrize('impl', ['plain', 'chunked', 'fused'])
+def test_nan_in_gives_nan_out(impl, interpreted):
+    x, nodes, expected = with_nans(*inputs(2, 37, 20, 80)[:2])
+    fn = attention.ATTENTIONS[impl]
+    out = interpreted(fn, x, nodes) if impl == 'fused' else fn(x, nodes)
+    assert torch.equal(out.isnan(), expected)
+    assert torch.isfinite(out[~expected]).all()
+
+
+# --------------------------------------------------------------------------------------------
+# Double backward: an error that says so, not wrong numbers
+
+def grad_of_grad(fn, x, nodes):
+    x = x.detach().requires_grad_()
+    grad_x, = torch.autograd.grad(fn(x, nodes.detach().requires_grad_()).square().sum(), x, create_graph=True)
+    try:
+        grad_x.sum().backward()
+    except RuntimeError as error:
+        return str(error)
+    return 'no error'
+
+
+@pytest.mark.parametrize('impl', ['chunked', 'fused'])
+def test_double_backward_is_a_clear_error(impl, interpreted):
+    x, nodes, _ = inputs(2, 13, 3, 8)
+    fn = attention.ATTENTIONS[impl]
+    message = interpreted(grad_of_grad, fn, x, nodes) if impl == 'fused' else grad_of_grad(fn, x, nodes)
+    assert 'once_differentiable' in message
+
+
+# --------------------------------------------------------------------------------------------
+# The default's check of the kernels, and its fallback to the chunked code
+
+@pytest.fixture
+def pretend_cuda(monkeypatch):
+    """auto_label_attention treats CPU tensors as if on CUDA (where the kernels apply), with no
+    device checked yet in this process."""
+    monkeypatch.setattr(attention, '_kernels_apply', lambda x, nodes: True)
+    monkeypatch.setattr(attention, '_KERNELS_USABLE', {})
+
+
+class FailingLaunch:
+    """Stands for a kernel whose first launch fails to build Triton's C launcher; counts the tries."""
+    calls = 0
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.calls += 1
+            raise RuntimeError('Failed to build the launcher: gcc: command not found\nTraceback ...\n(more lines)')
+        return launch
+
+
+def training_step(model):
+    """Logits, loss and parameter gradients of one forward and backward of a small MSRN."""
+    torch.manual_seed(1)
+    logits, group_loss = model(torch.randn(2, 3, 40, 40), torch.randn(2, 5, 300))
+    loss = logits.square().sum() + group_loss
+    loss.backward()
+    return logits.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+
+def test_auto_falls_back_once_when_the_kernels_fail_to_build(pretend_cuda, monkeypatch):
+    launch = FailingLaunch()
+    monkeypatch.setattr(attention, '_forward_kernel', launch, raising=False)
+    model = small_model(seed=4, attention='auto').train()
+    reference = small_model(seed=4, attention='chunked').train()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        logits, grads = training_step(model)
+    assert len(caught) == 1 and caught[0].category is RuntimeWarning
+    message = str(caught[0].message)
+    assert '\n' not in message
+    assert 'gcc: command not found' in message and 'chunked' in message
+    want_logits, want_grads = training_step(reference)
+    assert torch.equal(logits, want_logits)
+    assert all(torch.equal(g, w) for g, w in zip(grads, want_grads))
+    with warnings.catch_warnings(record=True) as caught:   # the verdict holds for the process
+        warnings.simplefilter('always')
+        training_step(model)
+    assert caught == [] and launch.calls == 1
+
+
+def test_auto_falls_back_when_the_kernels_give_wrong_numbers(pretend_cuda, monkeypatch):
+    monkeypatch.setattr(attention, 'fused_label_attention', lambda x, nodes: 1.01 * chunked_label_attention(x, nodes))
+    x, nodes, _ = inputs(2, 37, 5, 16)
+    with pytest.warns(RuntimeWarning, match='output differs from the chunked code by 1.0e-02') as caught:
+        out = auto_label_attention(x, nodes)
+    assert len(caught) == 1
+    assert torch.equal(out, chunked_label_attention(x, nodes))
+
+
+def test_auto_uses_kernels_that_pass_the_check(pretend_cuda, monkeypatch):
+    calls = []
+
+    def kernels(x, nodes):   # right numbers, through another code path
+        calls.append(x.shape)
+        return plain_label_attention(x, nodes)
+    monkeypatch.setattr(attention, 'fused_label_attention', kernels)
+    x, nodes, _ = inputs(2, 37, 5, 16)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        auto_label_attention(x, nodes)
+        auto_label_attention(x, nodes)
+    assert calls == [attention.CHECK_SHAPE[:2] + attention.CHECK_SHAPE[3:], x.shape, x.shape]
+
+
+def test_check_runs_under_inference_mode(pretend_cuda, monkeypatch):
+    """An eval loop's first call (inference_mode, autocast) still checks forward and backward."""
+    monkeypatch.setattr(attention, 'fused_label_attention', plain_label_attention)   # right numbers
+    x, nodes, _ = inputs(2, 37, 5, 16)
+    with warnings.catch_warnings(), torch.inference_mode(), torch.autocast('cpu', dtype=torch.bfloat16):
+        warnings.simplefilter('error')
+        auto_label_attention(x, nodes)
+    assert attention.kernels_usable(x.device)
+
+
+def test_fused_fails_loudly(monkeypatch):
+    monkeypatch.setattr(attention, '_forward_kernel', FailingLaunch(), raising=False)
+    x, nodes, _ = inputs(2, 37, 5, 16)
+    with pytest.raises(RuntimeError, match='launcher|Triton'):
+        fused_label_attention(x, nodes)
+    with pytest.raises(RuntimeError, match='launcher|Triton'):
+        training_step(small_model(attention='fused'))
+
+
+def test_broken_triton_leaves_attention_importable(tmp_path):
+    """A Triton whose import raises something other than ImportError disables the kernels only."""
+    (tmp_path / 'triton').mkdir()
+    (tmp_path / 'triton' / '__init__.py').write_text("raise RuntimeError('libcuda.so: cannot open shared object')\n")
+    child = textwrap.dedent('''
+        import models   # first: it imports torchvision, which probes Triton too
+        import attention, pytest, torch
+        from tests.test_attention import training_step
+        from tests.test_models import small_model
+        assert attention.triton is None
+        assert attention.TRITON_UNAVAILABLE == 'RuntimeError: libcuda.so: cannot open shared object'
+        logits, grads = training_step(small_model(attention='auto'))
+        assert torch.isfinite(logits).all() and grads
+        with pytest.raises(RuntimeError, match='needs a working Triton.*libcuda'):
+            training_step(small_model(attention='fused'))
+        print('ok')
+    ''')
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), REPO]))
+    proc = subprocess.run([sys.executable, '-c', child], cwd=REPO, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ['ok']

@@ -71,7 +71,7 @@ def test_pool_ratio_too_small_is_a_clear_error():
 
 
 def test_unknown_attention_lists_choices():
-    with pytest.raises(ValueError, match='lean, plain, chunked, fused'):
+    with pytest.raises(ValueError, match='auto, fused, chunked, plain'):
         MSRN(20, 0.2, 'resnet18', random_graph(20), attention='flash')
 
 
@@ -204,13 +204,13 @@ def test_forward_shapes_and_gradients_reach_every_trainable_parameter():
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
-def test_lean_and_plain_attention_give_the_same_model_output():
-    lean = small_model(seed=4).eval()
+def test_auto_and_plain_attention_give_the_same_model_output():
+    auto = small_model(seed=4).eval()
     plain = small_model(seed=4, attention='plain').eval()
-    plain.load_state_dict(lean.state_dict())
+    plain.load_state_dict(auto.state_dict())
     img, inp = torch.randn(2, 3, 128, 128), torch.randn(2, 5, 300)
     with torch.no_grad():
-        torch.testing.assert_close(lean(img, inp)[0], plain(img, inp)[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(auto(img, inp)[0], plain(img, inp)[0], atol=1e-5, rtol=1e-5)
 
 
 def test_cpu_autocast_forward_and_backward():
