@@ -1,15 +1,16 @@
 """Time and memory of MSRN's head, CPU or CUDA: the bare trunk against MSRN with each label attention.
 
     python bench/head.py [--configs voc coco] [--cases a b c] [--image-size 448] [--repeats 5]
-                         [--device cuda --amp] [--eval-batch 1] [--train-batch 2]
+                         [--device cuda --amp [--amp-dtype bfloat16]] [--eval-batch 1] [--train-batch 2]
                          [--channels-last] [--compile] [--fc1-half]
 
 Cases: (a) the bare trunk, (b) the official formula ``attention.plain_label_attention``, (c) the
 chunked PyTorch code, (d) the fused Triton kernels (CUDA), (e) the official formula through
 ``torch.compile`` (CUDA; Inductor's fusion as the alternative to hand-written kernels). Default:
-a b c on the CPU, a b c d on CUDA. --channels-last, --compile (the whole model) and --fc1-half
-(fc1's weight kept in float16, as a cached copy for evaluation would be) measure options the
-model does not offer yet.
+a b c on the CPU, a b c d on CUDA. --channels-last (model and images) and --compile (the whole
+model) measure what the demo scripts' --channels-last and --compile (the trunk) could do;
+--fc1-half (fc1's weight kept in float16, as a cached copy for evaluation would be) an option the
+model does not offer.
 
 Each case runs in its own process (fresh allocator, fresh peak counter). Per case it reports the
 median wall time of an eval forward (no_grad; batch 1 by default) or a training step (forward +
@@ -108,7 +109,7 @@ def run_case(config, case, mode, batch, args):
     sync = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
 
     def step():
-        with torch.autocast(device, dtype=torch.float16, enabled=args.amp):
+        with torch.autocast(device, dtype=getattr(torch, args.amp_dtype), enabled=args.amp):
             if case == 'a':
                 loss = sum(f.float().mean() for f in net(img))
             else:
@@ -141,7 +142,7 @@ def spawn(config, case, mode, args):
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_='131072')  # big buffers go back to the OS when freed
     batch = args.eval_batch if mode == 'eval' else args.train_batch
     cmd = [sys.executable, __file__, '--child', config, case, mode, str(batch), '--image-size',
-           str(args.image_size), '--repeats', str(args.repeats), '--device', args.device]
+           str(args.image_size), '--repeats', str(args.repeats), '--device', args.device, '--amp-dtype', args.amp_dtype]
     cmd += [flag for flag, on in (('--amp', args.amp), ('--channels-last', args.channels_last),
                                   ('--compile', args.compile), ('--fc1-half', args.fc1_half)) if on]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -160,7 +161,8 @@ def main():
     parser.add_argument('--image-size', type=int, default=448)
     parser.add_argument('--repeats', type=int, default=5)
     parser.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
-    parser.add_argument('--amp', action='store_true', help='float16 autocast (CUDA training setting)')
+    parser.add_argument('--amp', action='store_true', help='autocast in --amp-dtype (CUDA training setting)')
+    parser.add_argument('--amp-dtype', default='float16', choices=['float16', 'bfloat16'])
     parser.add_argument('--eval-batch', type=int, default=1, help='batch size of the eval forward (default: 1)')
     parser.add_argument('--train-batch', type=int, default=2, help='batch size of the training step (default: 2)')
     parser.add_argument('--channels-last', action='store_true', help='model and images in channels_last')

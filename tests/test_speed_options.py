@@ -14,9 +14,11 @@ from tests.toy import ToyDataset, ToyMSRN, make_engine, make_optimizer
 from util import seed_everything
 
 
-def toy_run(save_dir=None, **engine_kwargs):
+def toy_run(save_dir=None, hooks=(), **engine_kwargs):
     seed_everything(0)
     model = ToyMSRN()
+    for hook in hooks:
+        model.trunk[0].register_forward_hook(hook)
     engine = make_engine(save_dir=save_dir, max_epochs=1, **engine_kwargs)
     engine.learning(model, nn.MultiLabelSoftMarginLoss(), ToyDataset(12, seed=1), ToyDataset(6, seed=2),
                     make_optimizer(model))
@@ -24,8 +26,10 @@ def toy_run(save_dir=None, **engine_kwargs):
 
 
 def test_bfloat16_autocast_on_the_cpu_needs_no_gradient_scaling():
-    model, engine = toy_run(amp=True, amp_dtype=torch.bfloat16)
-    assert engine.state['output'].dtype == torch.bfloat16 and not engine.scaler.is_enabled()
+    convolved = []
+    model, engine = toy_run(amp=True, amp_dtype=torch.bfloat16,
+                            hooks=[lambda module, inputs, output: convolved.append(output.dtype)])
+    assert set(convolved) == {torch.bfloat16} and not engine.scaler.is_enabled()
     assert all(p.dtype == torch.float32 for p in model.parameters())
 
 
