@@ -11,7 +11,11 @@ with its (B, P, N, D) tensors; ``chunked`` the same formula on a few nodes at a 
 (exponents shifted by l·max_p x or l·min_p x, the weighted sum as a matrix product), a few
 nodes at a time.
 
-Per config and form: the seconds of ``export.export_onnx`` (ResNet-101, random weights) and the
+The attention alone: the three levels' label attention as an ONNX graph of its own (random
+features of the shapes a 224 px image gives, random nodes), all forms taking turns in one
+process, median and best time and the largest error relative to the float64 formula.
+
+The whole model: per config and form, the seconds of ``export.export_onnx`` (ResNet-101, random weights) and the
 file size. Per batch size: the median and best seconds of ``session.run`` (CPUExecutionProvider,
 2 intra-op threads, 2 warm-up runs), all forms in one process taking turns, so that the load of a
 shared machine hits them alike; then each form in its own process (fresh allocator, fresh peak
@@ -46,6 +50,12 @@ def _reset_peak():
         f.write('5')
 
 
+def attention_form(form):
+    import export
+    from attention import plain_label_attention
+    return {'plain': plain_label_attention, 'chunked': chunked_attention, 'moments': export.onnx_label_attention}[form]
+
+
 def chunked_attention(x, nodes):
     """The official formula on a few nodes at a time: x (B, P, D), nodes (N, D) -> (B, N, D)."""
     import torch
@@ -73,16 +83,63 @@ def build(config):
 
 def export_form(config, form, path, image_size):
     import export
-    from attention import plain_label_attention
-    # ExportedMSRN looks the function up when it runs
-    export.onnx_label_attention = {'plain': plain_label_attention, 'chunked': chunked_attention,
-                                   'moments': export.onnx_label_attention}[form]
+    chosen = export.onnx_label_attention
+    export.onnx_label_attention = attention_form(form)   # ExportedMSRN looks it up when it runs
     model, words = build(config)
     classes = [f'c{i}' for i in range(model.num_classes)]
     start = time.perf_counter()
     export.export_onnx(model, words, path, image_size, classes, model.image_normalization_mean,
                        model.image_normalization_std)
+    export.onnx_label_attention = chosen
     return time.perf_counter() - start
+
+
+def attention_alone(config, forms, batch, image_size, repeats):
+    """{form: (median s, best s, relative error)} of the three levels' attention alone (ONNX files
+    taking the level features as inputs), interleaved in this process, against float64."""
+    import numpy as np
+    import onnxruntime
+    import torch
+    from attention import plain_label_attention
+    from models import PyramidResNet
+
+    class Levels(torch.nn.Module):
+        def __init__(self, attention, nodes):
+            super().__init__()
+            self.attention = attention
+            self.register_buffer('nodes', nodes)
+
+        def forward(self, *levels):
+            return torch.cat([self.attention(x, self.nodes) for x in levels], -1)
+
+    with torch.no_grad():
+        positions = [f.shape[2] * f.shape[3] for f in PyramidResNet('resnet18')(torch.zeros(1, 3, image_size,
+                                                                                             image_size))]
+    gen = torch.Generator().manual_seed(0)
+    num_classes, pool_ratio = CONFIGS[config]
+    nodes = torch.randn(num_classes + int(pool_ratio * num_classes), 512, generator=gen)
+    levels = [torch.randn(batch, p, 512, generator=gen) for p in positions]
+    names = [f'x{i}' for i in range(len(levels))]
+    feed = dict(zip(names, (x.numpy() for x in levels)))
+    want = torch.cat([plain_label_attention(x.double(), nodes.double()) for x in levels], -1).numpy()
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = 2
+    sessions, errors, times = {}, {}, {form: [] for form in forms}
+    with tempfile.TemporaryDirectory() as folder:
+        for form in forms:
+            path = os.path.join(folder, f'{form}.onnx')
+            torch.onnx.export(Levels(attention_form(form), nodes), tuple(levels), path, dynamo=False,
+                              opset_version=17, input_names=names, output_names=['v'])
+            sessions[form] = onnxruntime.InferenceSession(path, options, providers=['CPUExecutionProvider'])
+            got = sessions[form].run(['v'], feed)[0]
+            errors[form] = float(np.abs(got - want).max() / np.abs(want).max())
+    for step in range(repeats + 2):
+        for form, session in sessions.items():
+            start = time.perf_counter()
+            session.run(['v'], feed)
+            if step >= 2:
+                times[form].append(time.perf_counter() - start)
+    return {form: (statistics.median(t), min(t), errors[form]) for form, t in times.items()}
 
 
 def transient_memory(config, path, batch, image_size):
@@ -139,6 +196,8 @@ def main():
     parser.add_argument('--image-size', type=int, default=224)
     parser.add_argument('--batches', nargs='+', type=int, default=[1, 4])
     parser.add_argument('--repeats', type=int, default=10)
+    parser.add_argument('--parts', nargs='+', default=['attention', 'model'], choices=['attention', 'model'],
+                        help='the attention alone, the whole model (default: both)')
     parser.add_argument('--memory', nargs=3, metavar=('CONFIG', 'PATH', 'BATCH'), help=argparse.SUPPRESS)
     parser.add_argument('--timing', nargs='+', metavar='BATCH PATH', help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -150,10 +209,27 @@ def main():
         print(json.dumps(interleaved_times(args.timing[1:], int(args.timing[0]), args.image_size, args.repeats)))
         return
 
+    import warnings
+
     import onnxruntime
     import torch
-    print(f'# ONNX export of MSRN (ResNet-101): {args.image_size} px, onnxruntime {onnxruntime.__version__} CPU, '
-          f'2 threads, torch {torch.__version__}, {args.repeats} runs per form, interleaved')
+    warnings.simplefilter('ignore')   # the TorchScript exporter's deprecation and tracer warnings
+    print(f'# ONNX export of MSRN: {args.image_size} px, onnxruntime {onnxruntime.__version__} CPU, 2 threads, '
+          f'torch {torch.__version__}, {args.repeats} runs per form, interleaved')
+    if 'attention' in args.parts:
+        print('\n## The label attention alone (three levels)\n')
+        print('| config (nodes) | batch | form | ms (median) | ms (best) | error vs float64 |')
+        print('|---|---|---|---|---|---|')
+        for config in args.configs:
+            num_classes, pool_ratio = CONFIGS[config]
+            for batch in args.batches:
+                for form, (median, best, error) in attention_alone(config, args.forms, batch, args.image_size,
+                                                                   args.repeats).items():
+                    print(f'| {config} ({num_classes + int(pool_ratio * num_classes)}) | {batch} | {form} | '
+                          f'{median * 1e3:.1f} | {best * 1e3:.1f} | {error:.1e} |', flush=True)
+    if 'model' not in args.parts:
+        return
+    print('\n## The whole model (ResNet-101)\n')
     print('| config | form | export s | file MB | batch | run s (median) | run s (best) | transient MiB | max diff |')
     print('|---|---|---|---|---|---|---|---|---|')
     with tempfile.TemporaryDirectory() as folder:

@@ -29,7 +29,7 @@ SIZE = 64
 
 def onnx_example(model_path, image_path):
     """The docs' example: class probabilities of one image with onnxruntime, numpy and Pillow only."""
-    import json, numpy as np, onnxruntime  # noqa: E401 (self-contained, as in the docs)
+    import json, numpy as np, onnxruntime  # self-contained, as in the docs
     from PIL import Image
     session = onnxruntime.InferenceSession(model_path, providers=['CPUExecutionProvider'])
     meta = session.get_modelmeta().custom_metadata_map
