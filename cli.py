@@ -1,8 +1,8 @@
-"""The command line, in one place: the parsers of the entry scripts (the demo scripts and
-predict.py), the dataset description a demo script passes, the settings a checkpoint brings, the
+"""The command line, in one place: the parsers of the entry scripts (the demo scripts, predict.py
+and export.py), the dataset description a demo script passes, the settings a checkpoint brings, the
 builders that turn arguments into datasets, model, optimizer, loss and engine, and the run.
 
-Modules that read the parsed arguments: cli.py and predict.py.
+Modules that read the parsed arguments: cli.py, predict.py and export.py.
 
 Every other module takes explicit keyword arguments (the scripts under tools/ and bench/ have
 small parsers of their own).
@@ -256,8 +256,8 @@ def add_speed_arguments(group):
                             'and eager mode)')
 
 
-def get_predict_parser(released):
-    """predict.py's flags; ``released``: {name: DatasetSpec} of the datasets with released checkpoints."""
+def get_predict_parser():
+    """predict.py's flags."""
     parser = ArgumentParser(description='MSRN on your own images: labels for image files, folders or lists of '
                                         'paths, printed or written to a CSV file.')
     parser.add_argument('paths', nargs='+', metavar='PATH',
@@ -276,10 +276,7 @@ def get_predict_parser(released):
                         help='print at most K labels per image (default: 5; the CSV has them all)')
     parser.add_argument('--attention', metavar='DIR',
                         help='write each image\'s attention maps as a PNG under DIR, mirroring the input paths')
-    parser.add_argument('--dataset', default=None, choices=list(released),
-                        help="a released checkpoint's dataset (default: recognised by its class count)")
-    parser.add_argument('--image-size', '-i', default=RELEASED_IMAGE_SIZE, type=int, metavar='N',
-                        help=f"image side the model sees (default: the checkpoint's, else {RELEASED_IMAGE_SIZE})")
+    add_trained_model_arguments(parser)
     parser.add_argument('-b', '--batch-size', default=16, type=int, metavar='N', help='images per batch (default: 16)')
     workers = min(4, os.cpu_count() or 1)
     parser.add_argument('-j', '--workers', default=workers, type=int, metavar='N',
@@ -290,10 +287,44 @@ def get_predict_parser(released):
                         help='float16 (default; CUDA only) or bfloat16')
     parser.add_argument('--progress', default=None, action=argparse.BooleanOptionalAction,
                         help='progress bar (default: only when stderr is a terminal)')
-    add_model_arguments(parser)
-    add_label_file_arguments(parser)
     add_device_argument(parser)
     return parser
+
+
+def get_export_parser():
+    """export.py's flags."""
+    from export import DEFAULT_OPSET
+    parser = ArgumentParser(description='MSRN as an ONNX model: images in, logits out, for inference without this '
+                                        'repository.')
+    parser.add_argument('--resume', required=True, metavar='CKPT', help='checkpoint (ours or a released one)')
+    parser.add_argument('--onnx', required=True, metavar='PATH', help='ONNX file to write')
+    add_trained_model_arguments(parser)
+    parser.add_argument('--opset', default=DEFAULT_OPSET, type=int, metavar='V',
+                        help=f'ONNX opset version (default: {DEFAULT_OPSET})')
+    add_device_argument(parser)
+    return parser
+
+
+def add_trained_model_arguments(parser):
+    """What a trained model needs besides its checkpoint (predict.py, export.py): a released
+    checkpoint's dataset, the image size, the model and label-file flags (default: the checkpoint's)."""
+    parser.add_argument('--dataset', default=None, choices=list(released_datasets()),
+                        help="a released checkpoint's dataset (default: recognised by its class count)")
+    parser.add_argument('--image-size', '-i', default=RELEASED_IMAGE_SIZE, type=int, metavar='N',
+                        help=f"image side the model sees (default: the checkpoint's, else {RELEASED_IMAGE_SIZE})")
+    add_model_arguments(parser)
+    add_label_file_arguments(parser)
+
+
+def released_datasets():
+    """{name: DatasetSpec} of the datasets with released checkpoints (the demo scripts import this
+    module, so it imports them when asked)."""
+    import demo_apparel_gcn
+    import demo_coco_gcn
+    import demo_nuswide_gcn
+    import demo_voc2007_gcn
+    return {demo.DATASET.name: demo.DATASET for demo in (demo_voc2007_gcn, demo_coco_gcn, demo_nuswide_gcn,
+                                                         demo_apparel_gcn)}
 
 
 def parse_args(parser, argv=None):
@@ -487,8 +518,9 @@ def eval_name(args):
     return name
 
 
-def released_dataset(args, checkpoint, released):
+def released_dataset(args, checkpoint):
     """The DatasetSpec of a checkpoint without class names: ``--dataset``, or its class count."""
+    released = released_datasets()
     if args.dataset:
         return released[args.dataset]
     num_classes = ckpt.bare_state_dict(checkpoint, f'{args.resume}: ')['fc2.weight'].shape[0]
@@ -499,14 +531,14 @@ def released_dataset(args, checkpoint, released):
     return matches[0]
 
 
-def build_trained_model(args, given, checkpoint, released):
-    """A trained model to use (predict.py): (MSRN in eval mode with the checkpoint's weights, word
+def build_trained_model(args, given, checkpoint):
+    """A trained model to use (predict.py, export.py): (MSRN in eval mode with the checkpoint's weights, word
     vectors (C, 300), class names). A checkpoint of ours brings its classes, graph, word vectors and
     settings; a released one gets those of its dataset (``released_dataset``)."""
     settings = ckpt.stored_settings(checkpoint)
     restore_settings(args, given, settings.get('args', {}), keys=MODEL_SETTINGS)
     take_checkpoint_backbone(args, given, checkpoint)
-    dataset = None if 'classes' in settings else released_dataset(args, checkpoint, released)
+    dataset = None if 'classes' in settings else released_dataset(args, checkpoint)
     classes = settings['classes'] if dataset is None else list(dataset.classes)
     if args.pool_ratio is None:
         args.pool_ratio = dataset.pool_ratio

@@ -13,12 +13,21 @@ Inputs everywhere: ``scores`` [N, C] raw logits (higher = more likely present) a
   formula (a class with no prediction counts one, giving it precision 0). ``fixed`` uses
   logit >= 0 (ML-GCN's rule); ``official_sweep`` reproduces the official MSRN quirk of picking,
   on the evaluated set itself, the threshold in -1.0, -0.9, ..., 0.9 that maximises CF1 + OF1.
+- Per-class thresholds (:func:`calibrate_thresholds`) are probabilities, sigmoid of the logit:
+  a class is predicted iff its probability >= its threshold, so 0.5 everywhere is the logit-0 rule.
 - Percentages: mAP and OP..CF1 are in percent; coverage error, LRAP and ranking loss are
-  scikit-learn's values.
+  scikit-learn's values; per-class F1 and AP are in [0, 1].
 """
+import json
+import math
+import re
+from dataclasses import dataclass, field
+
 import numpy as np
 import sklearn.metrics
 import torch
+
+from errors import DatasetError, UsageError
 
 # Built exactly as the official code builds them, so the float values (e.g. -0.7000000000000001) match.
 OFFICIAL_THRESHOLDS = [x * 0.1 + -1 for x in range(20)]
@@ -160,7 +169,7 @@ def evaluate(scores, targets, difficult_examples=True, k=3):
         'num_samples': scores.shape[0],
         'mAP': mean_average_precision(ap),
         'ap': [None if np.isnan(a) else a for a in ap.tolist()],
-        'fixed': precision_recall(scores >= 0, positive),
+        'fixed': thresholded_precision_recall(scores, targets, 0.5),
         f'fixed_top{k}': precision_recall(top & (scores >= 0), positive),
         'official_sweep': official_sweep(scores, positive),
         f'official_sweep_top{k}': official_sweep(top_signed, positive),
@@ -168,3 +177,190 @@ def evaluate(scores, targets, difficult_examples=True, k=3):
         'lrap': float(sklearn.metrics.label_ranking_average_precision_score(y_true, y_score)),
         'ranking_loss': float(sklearn.metrics.label_ranking_loss(y_true, y_score)),
     }
+
+
+# ---- per-class thresholds -------------------------------------------------------------------------
+
+DEFAULT_THRESHOLD = 0.5
+_BELOW_HALF = float(np.nextafter(0.5, 0.0))
+
+
+def probabilities(scores):
+    """sigmoid of the logits [N, C] (taken as float32, as everywhere here), in float64.
+
+    A negative logit stays below 0.5 (float64 rounds sigmoid(x) to 0.5 for |x| < 1e-16), so that
+    the threshold 0.5 is exactly the logit-0 rule of the 'fixed' figures.
+    """
+    x = torch.as_tensor(scores).float().double()
+    p = torch.sigmoid(x)
+    return torch.where(x < 0, p.clamp(max=_BELOW_HALF), p).numpy()
+
+
+def predict(scores, thresholds):
+    """Boolean [N, C]: probability >= the class's threshold (``thresholds``: one number or [C])."""
+    return torch.from_numpy(probabilities(scores) >= np.asarray(thresholds, dtype=np.float64))
+
+
+def _counted_predictions(scores, targets, thresholds, difficult_examples):
+    """(predicted, positive) boolean [N, C]; a difficult sample left out is neither hit nor false alarm."""
+    scores, targets = _as_tensors(scores, targets)
+    predicted = predict(scores, thresholds)
+    if difficult_examples:
+        predicted &= targets != 0
+    return predicted, targets == 1
+
+
+def thresholded_precision_recall(scores, targets, thresholds, difficult_examples=False):
+    """OP, OR, OF1, CP, CR, CF1 in percent (:func:`precision_recall`) with per-class probability
+    thresholds. Threshold 0.5 everywhere gives the 'fixed' figures; by default difficult samples
+    count as negatives, as there; ``difficult_examples`` leaves them out, as calibration does."""
+    return precision_recall(*_counted_predictions(scores, targets, thresholds, difficult_examples))
+
+
+def per_class_f1(scores, targets, thresholds, difficult_examples=True):
+    """F1 of each class (float64 [C], in [0, 1], NaN without a positive) with per-class probability
+    thresholds; difficult samples left out when ``difficult_examples``, as in calibration."""
+    predicted, positive = (t.numpy() for t in _counted_predictions(scores, targets, thresholds, difficult_examples))
+    hits, n_predicted, n_positive = (predicted & positive).sum(0), predicted.sum(0), positive.sum(0)
+    f1 = np.full(positive.shape[1], np.nan)
+    has_pos = n_positive > 0
+    f1[has_pos] = 2 * hits[has_pos] / (n_predicted[has_pos] + n_positive[has_pos])
+    return torch.from_numpy(f1)
+
+
+def parse_objective(text):
+    """'f1' -> 'f1'; 'precision=P' -> ('precision', P) with P in (0, 1]; anything else: UsageError (a ValueError)."""
+    text = str(text).strip().lower()
+    if text == 'f1':
+        return 'f1'
+    match = re.fullmatch(r'precision\s*=\s*([0-9.eE+-]+)', text)
+    try:
+        level = float(match.group(1)) if match else math.nan
+    except ValueError:
+        level = math.nan
+    if not 0 < level <= 1:
+        raise UsageError(f"threshold objective {text!r} not understood: use 'f1' or 'precision=P' with P in (0, 1], "
+                         'e.g. precision=0.9')
+    return 'precision', level
+
+
+def _as_objective(objective):
+    """'f1' or ('precision', P), checked, from either form or its text."""
+    return parse_objective(objective if isinstance(objective, str) else '='.join(map(str, objective)))
+
+
+def objective_text(objective):
+    """The written form of an objective: 'f1' or 'precision=P'."""
+    objective = _as_objective(objective)
+    return 'f1' if objective == 'f1' else f'precision={objective[1]}'
+
+
+@dataclass
+class Calibration:
+    """Per-class thresholds of :func:`calibrate_thresholds`, and the classes that kept 0.5 and why."""
+    thresholds: np.ndarray      # float64 [C], probabilities
+    objective: str              # 'f1' or 'precision=P'
+    no_positive: list = field(default_factory=list)    # class indices without a positive sample
+    unreachable: list = field(default_factory=list)    # class indices where no threshold reaches P
+
+    @property
+    def kept_default(self):
+        return sorted(self.no_positive + self.unreachable)
+
+
+def _cumulative_counts(prob, positive):
+    """The distinct probabilities (M,) descending, and at each the positives and the samples at or above it."""
+    order = np.argsort(-prob, kind='stable')
+    prob, positive = prob[order], positive[order]
+    last = np.append(prob[1:] != prob[:-1], True)   # the last sample of each run of equal probabilities
+    return prob[last], np.cumsum(positive)[last], np.arange(1, len(prob) + 1)[last]
+
+
+def calibrate_thresholds(scores, targets, objective, difficult_examples=True):
+    """Per class, the probability threshold that is best for ``objective`` on these scores.
+
+    Calibrate on a held-out split, not the one you report. ``objective``: 'f1', ('precision', P)
+    or its text 'precision=P' (:func:`parse_objective`). Candidates are the distinct probabilities
+    of the class's samples (difficult ones left out when ``difficult_examples``); the threshold is
+    the chosen candidate itself, so on this split exactly its samples and those above it are
+    predicted (the midpoint to the next lower one would make the result depend on that sample too).
+
+    - 'f1': the candidate of highest F1; among equal F1, the highest candidate (fewest predictions).
+      F1 is then >= that of any other threshold, 0.5 included.
+    - precision P: the lowest candidate whose precision is >= P, i.e. the most recall at that
+      precision; a class where none reaches P keeps 0.5 and is listed in ``unreachable``.
+
+    A class without a positive keeps 0.5 and is listed in ``no_positive``. Returns a Calibration.
+    """
+    objective = _as_objective(objective)
+    scores, targets = _as_tensors(scores, targets)
+    prob, labels = probabilities(scores), targets.numpy()
+    if np.isnan(prob).any():
+        raise ValueError('scores contain NaN: calibrate on the outputs of a model that gives finite logits')
+    result = Calibration(np.full(prob.shape[1], DEFAULT_THRESHOLD), objective_text(objective))
+    for k in range(prob.shape[1]):
+        counted = labels[:, k] != 0 if difficult_examples else np.ones(len(labels), dtype=bool)
+        positive = labels[counted, k] == 1
+        if not positive.any():
+            result.no_positive.append(k)
+            continue
+        candidates, hits, predicted = _cumulative_counts(prob[counted, k], positive)
+        n_positive = hits[-1]
+        if objective == 'f1':
+            best = np.argmax(2 * hits / (predicted + n_positive))    # the first maximum: the highest candidate
+        else:
+            reaching = np.flatnonzero(hits / predicted >= objective[1])
+            if not len(reaching):
+                result.unreachable.append(k)
+                continue
+            best = reaching[-1]
+        result.thresholds[k] = candidates[best]
+    return result
+
+
+def _listing(names, limit=5):
+    more = f' and {len(names) - limit} more' if len(names) > limit else ''
+    return ', '.join(repr(n) for n in names[:limit]) + more
+
+
+def write_thresholds(path, calibration, class_names, calibrated_on):
+    """Write ``thresholds.json``: {"unit": "probability", "objective", "calibrated_on" (free text
+    of the caller, e.g. the split), "thresholds": {class name: t}, "kept_default": [class names]}."""
+    if len(class_names) != len(calibration.thresholds) or len(set(class_names)) != len(class_names):
+        raise ValueError(f'{len(calibration.thresholds)} thresholds need as many distinct class names, '
+                         f'not {len(class_names)} names ({len(set(class_names))} distinct)')
+    data = {'unit': 'probability', 'objective': calibration.objective, 'calibrated_on': calibrated_on,
+            'thresholds': {name: float(t) for name, t in zip(class_names, calibration.thresholds)},
+            'kept_default': [class_names[k] for k in calibration.kept_default]}
+    with open(path, 'w', encoding='utf-8') as f:
+        json.dump(data, f, indent=2, ensure_ascii=False)
+        f.write('\n')
+
+
+def read_thresholds(path, class_names):
+    """A ``thresholds.json`` as written, with 'thresholds' a float64 [C] array in the order of
+    ``class_names``. DatasetError (one line) for an unreadable file, another unit, a class of the
+    model without threshold, a class the model does not have, or a threshold outside [0, 1]."""
+    try:
+        with open(path, encoding='utf-8') as f:
+            data = json.load(f)
+    except (OSError, ValueError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
+        raise DatasetError(f'{path}: cannot read the thresholds file ({reason})') from e
+    if not isinstance(data, dict) or data.get('unit') != 'probability' or not isinstance(data.get('thresholds'), dict):
+        raise DatasetError(f'{path}: not a thresholds file: expected "unit": "probability" and "thresholds": '
+                           '{class name: probability}')
+    given = data['thresholds']
+    missing = [name for name in class_names if name not in given]
+    if missing:
+        raise DatasetError(f"{path}: no threshold for {len(missing)} of the model's classes ({_listing(missing)}); "
+                           "calibrate again on this model's outputs")
+    extra = [name for name in given if name not in class_names]
+    if extra:
+        raise DatasetError(f'{path}: thresholds for {len(extra)} classes the model does not have ({_listing(extra)}); '
+                           'is it the file of another model?')
+    for name in class_names:
+        t = given[name]
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t <= 1:
+            raise DatasetError(f'{path}: the threshold of {name!r} is {t!r}; thresholds are probabilities in [0, 1]')
+    return dict(data, thresholds=np.array([float(given[name]) for name in class_names]))

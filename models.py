@@ -213,14 +213,20 @@ class MSRN(nn.Module):
     def head(self, features, words):
         """Everything after the trunk: features [f1, f2, f3], words (C, E) -> logits (B, C), group_loss ()."""
         local, group, _, group_loss = self.label_semantics(words)
-        nodes = torch.cat([local, group])                               # (C+K, D)
+        return self.classify(features, torch.cat([local, group])), group_loss
+
+    def classify(self, features, nodes, attention=None):
+        """The head given the label semantics: features [f1, f2, f3], nodes (C+K, D) = [L; G] -> logits (B, C).
+
+        attention: another implementation of the model's (export.py passes one that ONNX can run).
+        """
+        attention = attention or self.attention
         levels = []
         for project, feature in zip(self.ProjectM, features):
             x = project(feature).flatten(2).transpose(1, 2)             # (B, P, D)
-            levels.append(self.attention(x, nodes))                     # (B, C+K, D)
+            levels.append(attention(x, nodes))                          # (B, C+K, D)
         z = torch.tanh(torch.cat(levels, -1))                           # (B, C+K, 3D)
-        logits = self.fc2(F.leaky_relu(self.fc1(z.flatten(1))))         # (B, C)
-        return logits, group_loss
+        return self.fc2(F.leaky_relu(self.fc1(z.flatten(1))))           # (B, C)
 
     def attention_maps(self, features, words, labels):
         """Where each label looks: its attention over positions averaged over the D channels.

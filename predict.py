@@ -21,10 +21,6 @@ from tqdm import tqdm
 
 import checkpoint as ckpt
 import cli
-import demo_apparel_gcn
-import demo_coco_gcn
-import demo_nuswide_gcn
-import demo_voc2007_gcn
 import distributed
 import metrics
 from checkpoint import atomic_write
@@ -32,8 +28,6 @@ from dataset_base import IMAGE_ERRORS, one_line, open_rgb
 from errors import DatasetError, UsageError
 from util import eval_transform
 
-RELEASED = {spec.name: spec for spec in (demo_voc2007_gcn.DATASET, demo_coco_gcn.DATASET, demo_nuswide_gcn.DATASET,
-                                         demo_apparel_gcn.DATASET)}
 IMAGE_SUFFIXES = {suffix for suffix, kind in Image.registered_extensions().items() if kind in Image.OPEN}
 
 
@@ -187,7 +181,7 @@ def predict(args, given):
                          'logit-0 rule)')
     paths = image_paths(args.paths)
     device = distributed.init_distributed_mode(args.device)  # one process: just picks the device
-    model, words, classes = cli.build_trained_model(args, given, ckpt.read_checkpoint(args.resume), RELEASED)
+    model, words, classes = cli.build_trained_model(args, given, ckpt.read_checkpoint(args.resume))
     if args.thresholds:
         thresholds = metrics.read_thresholds(args.thresholds, classes)['thresholds'].tolist()
         print(f'=> per-class thresholds (probabilities) from {args.thresholds}')
@@ -226,7 +220,7 @@ def predict(args, given):
 
 
 def main(argv=None):
-    args, given = cli.parse_args(cli.get_predict_parser(RELEASED), argv)
+    args, given = cli.parse_args(cli.get_predict_parser(), argv)
     return cli.guarded(predict, args, given)
 
 
