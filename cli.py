@@ -26,6 +26,7 @@ import torch
 import checkpoint as ckpt
 import distributed
 import label_files
+import metrics
 import run_folder
 from engine import GCNMultiLabelMAPEngine
 from errors import CheckpointError, MSRNError, UsageError
@@ -40,7 +41,8 @@ PICKLE_WARNING = 'pickles can run code when loaded: pass only files you trust (.
 # the others (what to do now, on which machine) are never taken from a checkpoint.
 NOT_RESTORED = {'resume', 'evaluate', 'finetune', 'start_epoch', 'device', 'workers', 'download', 'skip_corrupt',
                 'print_freq', 'progress', 'pretrained', 'pretrain_model', 'graph_file', 'word_file', 'save_dir',
-                'overwrite', 'tensorboard', 'attention', 'channels_last', 'compile'}
+                'overwrite', 'tensorboard', 'attention', 'channels_last', 'compile', 'split', 'calibrate',
+                'thresholds'}
 MODEL_SETTINGS = ('backbone', 'pool_ratio', 'image_size')  # what predict.py restores
 AMP_DTYPES = {'float16': torch.float16, 'bfloat16': torch.bfloat16}
 RELEASED_IMAGE_SIZE = 448  # the released models were trained and evaluated at 448 px
@@ -96,6 +98,13 @@ def _epoch_list(text):
         return [int(step) for step in text.split(',')]
     except ValueError:
         raise argparse.ArgumentTypeError(f'expected epochs such as 30 or 30,40, not {text!r}') from None
+
+
+def _objective(text):
+    try:
+        return metrics.objective_text(metrics.parse_objective(text))
+    except UsageError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def add_model_arguments(group, pool_ratio=None):
@@ -223,6 +232,16 @@ def get_args_parser(dataset):
     run_group.add_argument('-e', '--evaluate', dest='evaluate', action='store_true',
                            help='evaluate the model on the test split and exit (use with --resume); '
                                 'nothing of the training split is read')
+    run_group.add_argument('--split', default=None, metavar='NAME',
+                           help=f'with -e: the split to evaluate (default: {dataset.splits[1]}; your own data may '
+                                'add test.csv)')
+    run_group.add_argument('--calibrate', default=None, type=_objective, metavar='f1|precision=P',
+                           help='with -e: choose a probability threshold per class on the evaluated split, for its '
+                                'best F1 or the lowest reaching precision P, and write thresholds.json beside the '
+                                'eval JSON')
+    run_group.add_argument('--thresholds', default=None, metavar='FILE',
+                           help='with -e: also measure OP ... CF1 with these per-class thresholds (a thresholds.json '
+                                'calibrated on another split)')
     own_data = '/<DIR\'s name>' if dataset.classes is None else ''
     run_group.add_argument('--save-dir', default=os.path.join(REPO_DIR, dataset.save_dir), metavar='DIR',
                            help=f'checkpoints, logs, eval JSON, curves and TensorBoard events (default: the folder '
@@ -460,9 +479,13 @@ def build_datasets(args, dataset, word_vectors, classes=None):
                    **{key: getattr(args, key) for key in dataset.loader_flags})
     if classes is not None:
         options['classes'] = classes
-    train_split, test_split = dataset.splits
+    train_split, test_split = dataset.splits[0], evaluated_split(args, dataset)
     train = None if args.evaluate else dataset.loader(args.data, train_split, **options)
     return train, dataset.loader(args.data, test_split, **options)
+
+
+def evaluated_split(args, dataset):
+    return args.split or dataset.splits[1]
 
 
 def build_model(args, num_classes, graph, finetune=None):
@@ -493,7 +516,8 @@ def build_criterion(args):
     return build_loss(args.loss, gamma_neg=args.asl_gamma_neg, gamma_pos=args.asl_gamma_pos, clip=args.asl_clip)
 
 
-def build_engine(args, *, device, resume, class_names, settings, difficult_examples=True, val_split='val'):
+def build_engine(args, *, device, resume, class_names, settings, difficult_examples=True, val_split='val',
+                 thresholds=None):
     """The MSRN engine from the command line; ``resume``: the checkpoint dict read (or None);
     ``val_split``: the evaluated split's name."""
     return GCNMultiLabelMAPEngine(
@@ -505,16 +529,23 @@ def build_engine(args, *, device, resume, class_names, settings, difficult_examp
         channels_last=args.channels_last, progress=args.progress, sync_bn=args.sync_bn, ema_decay=args.ema_decay,
         loss_name=args.loss, arch=args.backbone, settings=settings, class_names=class_names,
         difficult_examples=difficult_examples, tensorboard=args.tensorboard, lr_names=OPTIMIZER_GROUPS,
-        val_split=val_split)
+        val_split=val_split, thresholds=thresholds, calibrate=args.calibrate,
+        thresholds_name=unused_name(args.save_dir, 'thresholds', '.json') if args.calibrate else None)
 
 
 def eval_name(args):
-    """The eval JSON of ``-e``: named after the checkpoint, never overwriting an earlier one."""
+    """The eval JSON of ``-e``: named after the checkpoint (and the split, when ``--split`` is
+    given), never overwriting an earlier one."""
     stem = re.sub(r'(\.pth)?(\.tar)?$', '', os.path.basename(args.resume)) if args.resume else 'weights'
-    name, n = f'eval_{stem}.json', 1
-    while os.path.exists(os.path.join(args.save_dir, name)):
+    return unused_name(args.save_dir, f'eval_{stem}' + (f'_{args.split}' if args.split else ''), '.json')
+
+
+def unused_name(folder, stem, suffix):
+    """``stem + suffix``, or ``stem-2 + suffix``, ... : the first name not taken in ``folder``."""
+    name, n = stem + suffix, 1
+    while os.path.exists(os.path.join(folder, name)):
         n += 1
-        name = f'eval_{stem}-{n}.json'
+        name = f'{stem}-{n}{suffix}'
     return name
 
 
@@ -571,6 +602,9 @@ def run(args, given, dataset):
         take_checkpoint_backbone(args, given, source)
     if args.data is None:
         raise UsageError('the dataset folder DIR is missing (a checkpoint of ours given with --resume supplies it)')
+    for flag in ('split', 'calibrate', 'thresholds'):
+        if getattr(args, flag) and not args.evaluate:
+            raise UsageError(f'--{flag} goes with -e (an evaluation); add -e, or leave --{flag} out')
     choose_save_dir(args, given, dataset)
     claim_save_dir(args)
     init_run(args, device)
@@ -590,8 +624,12 @@ def run(args, given, dataset):
     stored_args = dict(vars(args), data=os.path.abspath(args.data), save_dir=os.path.abspath(args.save_dir))
     run_settings = ckpt.settings_entries(args=stored_args, classes=classes, graph=graph,
                                          word_vectors=test_set.inp.numpy())
+    thresholds = None
+    if args.thresholds:
+        thresholds = {'values': metrics.read_thresholds(args.thresholds, classes)['thresholds'],
+                      'source': args.thresholds}
     engine = build_engine(args, device=device, resume=checkpoint, class_names=classes, settings=run_settings,
-                          val_split=dataset.splits[1])
+                          val_split=evaluated_split(args, dataset), thresholds=thresholds)
     try:
         return engine.learning(model, build_criterion(args), train_set, test_set,
                                None if args.evaluate else build_optimizer(args, model))

@@ -28,7 +28,8 @@ key               written by       meaning
 'loss_value'      on_forward       the loss as a float, mean over processes
 'meter_loss'      on_end_batch     running mean of 'loss_value' over the epoch
 'ap_meter'        on_end_batch     the epoch's scores and labels
-'results'         on_end_epoch     {'loss', 'mAP'} and, after a validation on rank 0, 'eval' (every metric)
+'results'         on_end_epoch     {'loss', 'mAP'} and, after a validation on rank 0, 'eval' (every
+                                   metric) and the gathered 'scores' (N, C) and 'targets' (N, C)
 
 What an epoch leaves behind (checkpoint, eval JSON, log line, TensorBoard events, printed line) is
 written by ``record_epoch`` through ``run_folder`` and ``report``, outside the loop. One code path
@@ -79,6 +80,10 @@ def lr_group_names(num_groups, names=None):
     return list(names)
 
 
+def _percent_or_none(values):
+    return [None if math.isnan(v) else 100 * v for v in values.tolist()]
+
+
 def _grad_scaler(enabled):
     if hasattr(torch.amp, 'GradScaler'):
         return torch.amp.GradScaler('cuda', enabled=enabled)
@@ -110,7 +115,10 @@ class GCNMultiLabelMAPEngine:
     official demos do). class_names: for the per-class AP tables (default: '0', '1', ...).
     tensorboard: write TensorBoard events into ``save_dir`` while training. lr_names: names of the
     optimizer's parameter groups (default: ``lr_group_names``). val_split: the evaluated split's name
-    as the dataset calls it ('test' for VOC), which labels the printed summaries.
+    as the dataset calls it ('test' for VOC), which labels the printed summaries. With
+    ``evaluate``: thresholds ({'values': per-class probability thresholds (C,), 'source': where
+    from}) measures OP ... CF1 with them too; calibrate ('f1' or 'precision=P') chooses thresholds
+    on the evaluated split (``metrics.calibrate_thresholds``) and writes them as ``thresholds_name``.
     """
 
     def __init__(self, *, device=torch.device('cpu'), batch_size=16, workers=4, max_epochs=20,
@@ -118,7 +126,8 @@ class GCNMultiLabelMAPEngine:
                  resume=None, evaluate=False, eval_name='eval.json', seed=0, clip_grad_norm=None, amp=None,
                  amp_dtype=torch.float16, channels_last=False, progress=None, sync_bn=False, ema_decay=0.0,
                  train_transform=None, val_transform=None, loss_name=None, arch=None, settings=None,
-                 difficult_examples=True, class_names=None, tensorboard=True, lr_names=None, val_split='val'):
+                 difficult_examples=True, class_names=None, tensorboard=True, lr_names=None, val_split='val',
+                 thresholds=None, calibrate=None, thresholds_name='thresholds.json'):
         self.device = torch.device(device)
         self.batch_size, self.workers, self.image_size = batch_size, workers, image_size
         self.max_epochs, self.start_epoch, self.epoch_step = max_epochs, start_epoch, list(epoch_step)
@@ -135,6 +144,7 @@ class GCNMultiLabelMAPEngine:
         self.difficult_examples = difficult_examples
         self.class_names = list(class_names) if class_names is not None else None
         self.tensorboard, self.lr_names, self.val_split = tensorboard, lr_names, val_split
+        self.thresholds, self.calibrate, self.thresholds_name = thresholds, calibrate, thresholds_name
         self.best_score = 0.0
         self.best_ap = None  # rank 0: {'epoch', 'label', 'ap'} of the best weights validated in this run
         self.ema = None  # ModelEma when ema_decay > 0, made by learning()
@@ -230,7 +240,7 @@ class GCNMultiLabelMAPEngine:
                 metrics.average_precision(scores, targets, self.difficult_examples))
         else:
             results['eval'] = metrics.evaluate(scores, targets, self.difficult_examples)
-            results['mAP'] = results['eval']['mAP']
+            results.update(mAP=results['eval']['mAP'], scores=scores, targets=targets)
         self.state['results'] = results
 
     def train(self, data_loader, model, criterion, optimizer, epoch):
@@ -396,17 +406,56 @@ class GCNMultiLabelMAPEngine:
         return DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == 'cuda' else None)
 
     def evaluate_once(self, model, criterion, val_loader, resumed):
-        """The ``evaluate`` branch of ``learning``: validate, write the eval JSON, return the mAP."""
+        """The ``evaluate`` branch of ``learning``: validate, measure with the given per-class
+        thresholds and calibrate new ones if asked, write the eval JSON, return the mAP."""
         if not resumed:
             print('=> evaluating the weights as built (no resume checkpoint given)')
         results = self.validate(val_loader, model, criterion)
-        if results.get('eval'):
+        if results.get('eval'):   # rank 0
             print(report.format_class_ap(results['eval']['ap'], self.class_names,
                                          title=f'per-class AP, {self.val_split}'))
-        if self.folder:
-            self.folder.write_eval(self.eval_name, self.eval_record(results, epoch=self.start_epoch))
+            record = self.eval_record(results, epoch=self.start_epoch)
+            if self.thresholds is not None:
+                record['per_class_thresholds'] = self.measure_thresholds(results, self.thresholds['values'],
+                                                                         f"from {self.thresholds['source']}")
+            if self.calibrate is not None:
+                record['calibrated_thresholds'] = self.calibrate_thresholds(results)
+            if self.folder:
+                self.folder.write_eval(self.eval_name, record)
         distributed.barrier()  # every process returns once rank 0 has written its files
         return results['mAP']
+
+    def measure_thresholds(self, results, thresholds, source):
+        """OP ... CF1 with per-class probability thresholds, printed and returned for the eval JSON
+        with each class's F1 (percent; None without a positive)."""
+        scores, targets = results['scores'], results['targets']
+        figures = metrics.thresholded_precision_recall(scores, targets, thresholds)
+        print(report.format_thresholded(figures, source))
+        f1 = metrics.per_class_f1(scores, targets, thresholds, self.difficult_examples)
+        return dict(figures, unit='probability', thresholds=source, per_class_f1=_percent_or_none(f1))
+
+    def calibrate_thresholds(self, results):
+        """Per-class probability thresholds for ``calibrate`` on this split, written to
+        ``thresholds_name``; prints and returns what they give here (optimistic: chosen here)."""
+        calibration = metrics.calibrate_thresholds(results['scores'], results['targets'], self.calibrate,
+                                                   self.difficult_examples)
+        names = self.class_names or [str(k) for k in range(len(calibration.thresholds))]
+        data = self.settings.get('args', {}).get('data')
+        where = f"the {self.val_split} split ({results['eval']['num_samples']} images)" + \
+            (f' of {data}' if data else '')
+        if self.folder:
+            self.folder.write_json(self.thresholds_name, metrics.thresholds_record(calibration, names, where))
+            print(f'=> per-class thresholds (probabilities) for {calibration.objective} on {where}: '
+                  f'{self.folder.file(self.thresholds_name)}')
+        for label, kept in (('no positive image here', calibration.no_positive),
+                            (f'{calibration.objective} not reached', calibration.unreachable)):
+            if kept:
+                print(f"   kept 0.5 ({label}): {', '.join(names[k] for k in kept)}")
+        default_f1 = metrics.per_class_f1(results['scores'], results['targets'], metrics.DEFAULT_THRESHOLD,
+                                          self.difficult_examples)
+        return dict(self.measure_thresholds(results, calibration.thresholds,
+                                            f'calibrated for {calibration.objective} on this split: optimistic'),
+                    file=self.thresholds_name, per_class_f1_at_default=_percent_or_none(default_f1))
 
     # ---- what an epoch leaves behind ------------------------------------------------------------
     def record_epoch(self, model, optimizer, epoch):

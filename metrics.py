@@ -323,18 +323,15 @@ def _listing(names, limit=5):
     return ', '.join(repr(n) for n in names[:limit]) + more
 
 
-def write_thresholds(path, calibration, class_names, calibrated_on):
-    """Write ``thresholds.json``: {"unit": "probability", "objective", "calibrated_on" (free text
-    of the caller, e.g. the split), "thresholds": {class name: t}, "kept_default": [class names]}."""
+def thresholds_record(calibration, class_names, calibrated_on):
+    """What ``thresholds.json`` holds: {"unit": "probability", "objective", "calibrated_on" (free
+    text of the caller, e.g. the split), "thresholds": {class name: t}, "kept_default": [class names]}."""
     if len(class_names) != len(calibration.thresholds) or len(set(class_names)) != len(class_names):
         raise ValueError(f'{len(calibration.thresholds)} thresholds need as many distinct class names, '
                          f'not {len(class_names)} names ({len(set(class_names))} distinct)')
-    data = {'unit': 'probability', 'objective': calibration.objective, 'calibrated_on': calibrated_on,
+    return {'unit': 'probability', 'objective': calibration.objective, 'calibrated_on': calibrated_on,
             'thresholds': {name: float(t) for name, t in zip(class_names, calibration.thresholds)},
             'kept_default': [class_names[k] for k in calibration.kept_default]}
-    with open(path, 'w', encoding='utf-8') as f:
-        json.dump(data, f, indent=2, ensure_ascii=False)
-        f.write('\n')
 
 
 def read_thresholds(path, class_names):

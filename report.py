@@ -21,7 +21,7 @@ def format_summary(result, loss=None, label='val', class_names=None):
         head += f'  loss {loss:.4f}'
 
     def t(v):  # the exact float is in the JSON; -0.7000000000000001 prints as -0.7
-        return '  (threshold none)' if v is None else f'  (threshold {v:.1f})'
+        return '  (threshold none)' if v is None else f'  (logit threshold {v:.1f})'
     lines = [
         head,
         f"  logit >= 0            {_prf(result['fixed'])}",
@@ -46,6 +46,11 @@ def format_class_ap(ap, class_names=None, title='per-class AP'):
     rows = [f"  {name:<{width}}  {'     -  no positive image' if value is None else f'{100 * value:6.2f}'}"
             for name, value in zip(names, ap)]
     return '\n'.join([f'{title}:', *rows])
+
+
+def format_thresholded(figures, source):
+    """The summary line of OP ... CF1 with per-class probability thresholds (``source``: where from)."""
+    return f'  per-class thresholds  {_prf(figures)}  (probability thresholds {source})'
 
 
 def format_epoch_line(record, max_epochs, lr_names, loss_name=None, best_from=None):

@@ -54,7 +54,7 @@ class RunFolder:
         self.write_json(name, record)
 
     def write_json(self, name, obj):
-        text = json.dumps(obj, indent=1, allow_nan=True)
+        text = json.dumps(obj, indent=1, allow_nan=True, ensure_ascii=False)
         self.write(name, lambda tmp: _write_text(tmp, text), size=len(text))
 
     def write_graph(self, graph):
@@ -209,7 +209,7 @@ def _torch_save(path, obj):
 
 
 def _write_text(path, text):
-    with open(path, 'w') as f:
+    with open(path, 'w', encoding='utf-8') as f:
         f.write(text)
 
 

@@ -59,10 +59,10 @@ def voc_run(synthetic, tmp_path_factory):
 
 @pytest.fixture(scope='session')
 def custom_run(synthetic, tmp_path_factory):
-    """One epoch on the synthetic custom data (24 train, 12 val images) with no graph or word file,
-    through demo_custom_gcn.py: (dataset info, save folder, what it printed). Tests must not change
-    the folder."""
-    info = synthetic('custom', n_train=24, n_val=12)
+    """One epoch on the synthetic custom data (24 train, 12 val images; test.csv: 12 more) with no
+    graph or word file, through demo_custom_gcn.py: (dataset info, save folder, what it printed).
+    Tests must not change the folder."""
+    info = synthetic('custom', n_train=24, n_val=12, n_test=12)
     label_files._text_or_fallback_vectors.cache_clear()
     save = tmp_path_factory.mktemp('custom_run') / 'out'
     code, out = run_demo(demo_custom_gcn, custom_argv(info['root'], save))

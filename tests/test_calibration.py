@@ -1,11 +1,16 @@
 """Per-class probability thresholds (metrics.calibrate_thresholds and friends) against brute force."""
+import csv
 import json
+import os
+import re
 
 import numpy as np
 import pytest
 import torch
 
+import demo_custom_gcn
 import metrics
+import predict
 from errors import DatasetError
 
 
@@ -159,7 +164,8 @@ def test_thresholds_json_round_trip(tmp_path):
     scores, targets = correlated_case(seed=6)
     result = metrics.calibrate_thresholds(scores, targets, 'precision=0.7')
     path = tmp_path / 'thresholds.json'
-    metrics.write_thresholds(path, result, CLASSES, 'synthetic val split, 300 images')
+    record = metrics.thresholds_record(result, CLASSES, 'synthetic val split, 300 images')
+    path.write_text(json.dumps(record, ensure_ascii=False), encoding='utf-8')
     raw = json.loads(path.read_text(encoding='utf-8'))
     assert raw['unit'] == 'probability' and raw['objective'] == 'precision=0.7'
     assert list(raw['thresholds']) == CLASSES and raw['kept_default'] == [CLASSES[k] for k in result.kept_default]
@@ -202,3 +208,55 @@ def test_reading_a_file_that_is_not_thresholds(tmp_path):
         metrics.read_thresholds(write_json(tmp_path / 'logit.json', {'a': 0.0}, unit='logit'), ['a'])
     assert metrics.read_thresholds(write_json(tmp_path / 'ok.json', {'a': 0, 'b': 1}), ['a', 'b'])['thresholds'] \
         .tolist() == [0.0, 1.0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Through the command line: calibrate on one split, measure on another, predict with the file
+
+def test_calibrate_on_val_measure_on_test_and_predict_with_the_thresholds(custom_run, tmp_path, capsys):
+    info, save, _ = custom_run
+    best = str(save / 'model_best.pth.tar')
+    flags = ['-j', '0', '--device', 'cpu', '--save-dir', str(tmp_path)]
+    assert demo_custom_gcn.main(demo_custom_gcn.DATASET, ['-e', '--resume', best, '--calibrate', 'f1', *flags]) == 0
+    out = capsys.readouterr().out
+    thresholds = json.loads((tmp_path / 'thresholds.json').read_text(encoding='utf-8'))
+    assert thresholds['unit'] == 'probability' and thresholds['objective'] == 'f1'
+    assert thresholds['calibrated_on'].startswith('the val split (12 images)')
+    assert sorted(thresholds['thresholds']) == sorted(info['classes'])
+    assert '=> per-class thresholds (probabilities) for f1 on the val split (12 images)' in out
+    assert 'per-class thresholds' in out and 'calibrated for f1 on this split: optimistic' in out
+    assert '(logit threshold ' in out   # the official sweep's threshold names its unit
+    calibrated = json.loads((tmp_path / 'eval_model_best.json').read_text())['calibrated_thresholds']
+    for tuned, default in zip(calibrated['per_class_f1'], calibrated['per_class_f1_at_default']):
+        assert (tuned is None) == (default is None) and (tuned is None or tuned >= default)   # by construction
+    assert calibrated['file'] == 'thresholds.json' and calibrated['unit'] == 'probability'
+
+    assert demo_custom_gcn.main(demo_custom_gcn.DATASET, ['-e', '--resume', best, '--split', 'test', '--thresholds',
+                                                          str(tmp_path / 'thresholds.json'), *flags]) == 0
+    out = capsys.readouterr().out
+    measured = json.loads((tmp_path / 'eval_model_best_test.json').read_text())
+    assert measured['num_samples'] == 12 and 'calibrated_thresholds' not in measured
+    assert measured['per_class_thresholds']['thresholds'] == f"from {tmp_path / 'thresholds.json'}"
+    assert re.search(r'^test: 12 images  mAP', out, re.M) and 'per-class thresholds ' in out
+
+    images = [os.path.join(info['root'], 'images', 'test', f'{i:04d}.jpg') for i in range(12)]
+    assert predict.main([*images, '--resume', best, '--thresholds', str(tmp_path / 'thresholds.json'), '--out',
+                         str(tmp_path / 'labels.csv'), '-j', '0', '--device', 'cpu']) == 0
+    with open(tmp_path / 'labels.csv', newline='', encoding='utf-8') as f:
+        header, *rows = list(csv.reader(f))
+    assert len(rows) == 12
+    for row in rows:
+        labels = set(filter(None, row[1].split('|')))
+        for name, p in zip(header[2:], map(float, row[2:])):
+            t = thresholds['thresholds'][name]
+            if abs(p - t) > 1e-6:   # the CSV rounds to 6 digits
+                assert (name in labels) == (p >= t), (row[0], name, p, t)
+
+
+def test_calibration_flags_go_with_evaluation(custom_run, capsys):
+    assert demo_custom_gcn.main(demo_custom_gcn.DATASET, [custom_run[0]['root'], '--calibrate', 'f1']) == 2
+    assert capsys.readouterr().err == 'error: --calibrate goes with -e (an evaluation); add -e, or leave ' \
+                                      '--calibrate out\n'
+    with pytest.raises(SystemExit):
+        demo_custom_gcn.main(demo_custom_gcn.DATASET, ['-e', '--calibrate', 'recall=0.9'])
+    assert "threshold objective 'recall=0.9' not understood" in capsys.readouterr().err

@@ -262,16 +262,19 @@ def write_apparel(root, n_per_folder=4, image_size=64, seed=0, with_label_files=
 
 
 def write_custom(root, n_train=60, n_val=30, image_size=64, seed=0, classes=CUSTOM_CLASSES, empty_prob=0.05,
-                 classes_txt=False):
+                 classes_txt=False, n_test=0):
     """The custom layout: ``train.csv`` and ``val.csv`` (``filepath,labels``, labels joined by ``|``,
-    some empty) listing ``images/<split>/<n>.jpg``; with ``classes_txt`` also ``classes.txt`` in
+    some empty) listing ``images/<split>/<n>.jpg``, and ``test.csv`` when ``n_test`` (written last:
+    the other splits stay the same); with ``classes_txt`` also ``classes.txt`` in
     the order of ``classes``. Targets are in that order too (the loader's order without
     ``classes.txt`` is the sorted one: ``info['sorted_classes']``)."""
     rng = np.random.default_rng(seed)
     num_classes = len(classes)
     os.makedirs(root, exist_ok=True)
     targets = {}
-    for split, count in (('train', n_train), ('val', n_val)):
+    for split, count in (('train', n_train), ('val', n_val), ('test', n_test)):
+        if not count:
+            continue
         rows, split_targets = [], []
         for i in range(count):
             labels = [] if rng.random() < empty_prob else sample_labels(rng, num_classes)
