@@ -1,8 +1,10 @@
 """ONNX export (export.py): the exported module, the file's logits and metadata against PyTorch, the
 command line on a released VOC checkpoint and on one of ours, bad input, and the docs' example."""
 import contextlib
+import csv
 import io
 import json
+import os
 import re
 
 import numpy as np
@@ -15,12 +17,12 @@ from PIL import Image
 import checkpoint as ckpt
 import export
 import label_files
+import predict
 import voc
 from attention import plain_label_attention
 from dataset_base import read_image
 from models import MSRN, WORD_DIM
-from tests.test_demo import official_checkpoint
-from tests.test_models import random_graph, small_model
+from tests.helpers import REPO, official_checkpoint, random_graph, small_model
 from tools.synthetic_data import CUSTOM_CLASSES
 from util import eval_transform
 
@@ -28,16 +30,12 @@ SIZE = 64
 
 
 def onnx_example(model_path, image_path):
-    """The docs' example: class probabilities of one image with onnxruntime, numpy and Pillow only."""
-    import json, numpy as np, onnxruntime  # self-contained, as in the docs
-    from PIL import Image
-    session = onnxruntime.InferenceSession(model_path, providers=['CPUExecutionProvider'])
-    meta = session.get_modelmeta().custom_metadata_map
-    size, mean, std = int(meta['image_size']), json.loads(meta['mean']), json.loads(meta['std'])
-    image = Image.open(image_path).convert('RGB').resize((size, size), Image.BILINEAR)  # aspect not kept
-    x = (np.asarray(image, dtype=np.float32) / 255 - mean) / std                        # (S, S, 3)
-    logits = session.run(['logits'], {'images': x.transpose(2, 0, 1)[None].astype(np.float32)})[0][0]
-    return dict(zip(json.loads(meta['class_names']), 1 / (1 + np.exp(-logits))))
+    """The onnxruntime example of docs/using.md, run as written on these files: {class: probability}."""
+    with open(os.path.join(REPO, 'docs', 'using.md'), encoding='utf-8') as f:
+        code = re.search(r'```python\n(.*?)```', f.read(), re.S).group(1)
+    scope = {}
+    exec(code.replace("'model.onnx'", repr(str(model_path))).replace("'photo.jpg'", repr(str(image_path))), scope)
+    return scope['probabilities']
 
 
 def assert_same_logits(path, model, words, batch_sizes=(1, 3), atol=1e-4):
@@ -185,6 +183,22 @@ def test_docs_example_gives_the_probabilities_of_the_repository_transform(custom
     expected = torch.sigmoid(torch.from_numpy(pytorch_logits(model, words, images)[0]))
     assert list(got) == CUSTOM_CLASSES
     np.testing.assert_allclose(list(got.values()), expected.numpy(), atol=1e-4, rtol=0)
+
+
+def test_docs_example_reproduces_predict_csv(custom_export, tmp_path):
+    """The exported model, preprocessed as the docs say, gives predict.py --out's probabilities."""
+    path = custom_export[0]
+    rng = np.random.default_rng(8)
+    for i, (w, h) in enumerate([(64, 64), (90, 50), (33, 120)]):
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(tmp_path / f'{i}.jpg')
+    assert predict.main([str(tmp_path), '--resume', str(path.parent / 'model_best.pth.tar'), '--out',
+                         str(tmp_path / 'p.csv'), '-j', '0', '--device', 'cpu']) == 0
+    with open(tmp_path / 'p.csv', newline='', encoding='utf-8') as f:
+        header, *rows = list(csv.reader(f))
+    assert len(rows) == 3
+    for row in rows:
+        got = onnx_example(path, row[0])
+        np.testing.assert_allclose([got[name] for name in header[2:]], np.array(row[2:], dtype=float), atol=1e-4)
 
 
 # ---------------------------------------------------------------------------------------------
