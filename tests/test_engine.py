@@ -10,19 +10,8 @@ import metrics
 from cli import build_engine, build_optimizer
 from engine import DataLoaderX, lr_at
 from errors import CheckpointError, NonFiniteLossError, NonFiniteOutputError
-from tests.toy import ToyDataset, ToyMSRN, make_engine, make_optimizer
+from tests.toy import ToyDataset, ToyMSRN, make_engine, toy_run
 from util import seed_everything
-
-
-def run(save_dir, max_epochs, resume=None, init_seed=0, criterion=None, **engine_kwargs):
-    """Build everything from ``init_seed`` as a fresh process would, then ``learning``."""
-    seed_everything(init_seed)
-    model = ToyMSRN()
-    optimizer = make_optimizer(model)
-    engine = make_engine(save_dir=save_dir, max_epochs=max_epochs, epoch_step=[2], resume=resume, **engine_kwargs)
-    score = engine.learning(model, criterion or nn.MultiLabelSoftMarginLoss(), ToyDataset(30, seed=1),
-                            ToyDataset(10, seed=2), optimizer)
-    return model, optimizer, engine, score
 
 
 def test_lr_is_a_function_of_epoch():
@@ -41,7 +30,7 @@ def test_loss_targets_map_difficult_to_positive():
 
 
 def test_training_writes_checkpoints_logs_and_eval_files(tmp_path):
-    model, _, engine, best = run(tmp_path, max_epochs=2)
+    model, _, engine, best = toy_run(tmp_path, max_epochs=2)
     events = [name for name in os.listdir(tmp_path) if name.startswith('events.out.tfevents.')]
     assert len(events) == 1  # TensorBoard's (tests/test_tensorboard.py reads them)
     assert sorted(set(os.listdir(tmp_path)) - set(events)) == [
@@ -63,10 +52,10 @@ def test_training_writes_checkpoints_logs_and_eval_files(tmp_path):
 
 
 def test_resume_reaches_the_same_weights_bit_for_bit(tmp_path):
-    straight, straight_opt, _, _ = run(tmp_path / 'a', max_epochs=3)
-    run(tmp_path / 'b', max_epochs=2)
+    straight, straight_opt, _, _ = toy_run(tmp_path / 'a', max_epochs=3)
+    toy_run(tmp_path / 'b', max_epochs=2)
     # A new "process": other seed (other init, other augmentation draws) unless the RNG is restored.
-    resumed, resumed_opt, engine, _ = run(tmp_path / 'b', max_epochs=3, init_seed=99,
+    resumed, resumed_opt, engine, _ = toy_run(tmp_path / 'b', max_epochs=3, init_seed=99,
                                           resume=str(tmp_path / 'b' / 'checkpoint.pth.tar'))
     assert engine.start_epoch == 2
     for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
@@ -81,10 +70,10 @@ def test_resume_reaches_the_same_weights_bit_for_bit(tmp_path):
 
 def test_resume_of_a_missing_or_corrupt_file_is_an_error(tmp_path):
     with pytest.raises(CheckpointError, match='not found'):
-        run(tmp_path / 'out', max_epochs=1, resume=str(tmp_path / 'nope.pth.tar'))
+        toy_run(tmp_path / 'out', max_epochs=1, resume=str(tmp_path / 'nope.pth.tar'))
     (tmp_path / 'bad.pth.tar').write_bytes(b'not a checkpoint')
     with pytest.raises(CheckpointError, match='cannot read') as info:
-        run(tmp_path / 'out', max_epochs=1, resume=str(tmp_path / 'bad.pth.tar'), evaluate=True)
+        toy_run(tmp_path / 'out', max_epochs=1, resume=str(tmp_path / 'bad.pth.tar'), evaluate=True)
     assert '\n' not in str(info.value)
     assert not (tmp_path / 'out').exists()  # nothing trained, nothing written
 
@@ -95,7 +84,7 @@ def test_evaluate_only_and_released_checkpoint(tmp_path):
     released = {'epoch': 7, 'arch': None, 'state_dict': model.state_dict(), 'best_score': torch.tensor(12.5)}
     torch.save(released, tmp_path / 'released.pth.tar')  # the official keys only
 
-    _, _, engine, score = run(tmp_path / 'eval', max_epochs=9, evaluate=True,
+    _, _, engine, score = toy_run(tmp_path / 'eval', max_epochs=9, evaluate=True,
                               resume=str(tmp_path / 'released.pth.tar'))
     assert os.listdir(tmp_path / 'eval') == ['eval.json']  # evaluated, not trained
     val = ToyDataset(10, seed=2, transform=engine.val_transform)
@@ -108,7 +97,7 @@ def test_evaluate_only_and_released_checkpoint(tmp_path):
     assert score == pytest.approx(metrics.mean_average_precision(metrics.average_precision(logits, targets)),
                                   abs=1e-9)
 
-    _, _, engine, _ = run(tmp_path / 'train', max_epochs=8, resume=str(tmp_path / 'released.pth.tar'))
+    _, _, engine, _ = toy_run(tmp_path / 'train', max_epochs=8, resume=str(tmp_path / 'released.pth.tar'))
     assert engine.start_epoch == 7
     assert [json.loads(line)['epoch'] for line in open(tmp_path / 'train' / 'log.jsonl')] == [8]
 
@@ -119,7 +108,7 @@ def test_non_finite_loss_stops_training(tmp_path):
             return (logits * float('nan')).mean()
 
     with pytest.raises(NonFiniteLossError, match='training loss is nan at epoch 1, batch 0'):
-        run(tmp_path, max_epochs=1, criterion=NaNLoss())
+        toy_run(tmp_path, max_epochs=1, criterion=NaNLoss())
     assert not (tmp_path / 'checkpoint.pth.tar').exists()
 
 
@@ -161,7 +150,7 @@ def test_build_engine_and_optimizer_from_args():
                               print_freq=2, save_dir='somewhere', resume='', evaluate=False, seed=7,
                               clip_grad_norm=0.0, backbone='resnet18', lr=0.2, momentum=0.8, weight_decay=1e-3,
                               amp=None, amp_dtype='float16', channels_last=False, progress=False, sync_bn=False,
-                              ema_decay=0.0, loss='asl', tensorboard=False)
+                              ema_decay=0.0, loss='asl', tensorboard=False, calibrate=None)
     engine = build_engine(args, device=torch.device('cpu'), resume=None, class_names=['a', 'b', 'c', 'd'],
                           settings={'args': {'lr': 0.2}}, val_split='test')
     assert (engine.batch_size, engine.max_epochs, engine.start_epoch, engine.epoch_step, engine.resume,
@@ -175,6 +164,6 @@ def test_build_engine_and_optimizer_from_args():
 
 
 def test_start_epoch_sets_the_first_epoch_and_the_schedule(tmp_path):
-    run(tmp_path, max_epochs=3, start_epoch=2)
+    toy_run(tmp_path, max_epochs=3, start_epoch=2)
     log = [json.loads(line) for line in open(tmp_path / 'log.jsonl')]
     assert [r['epoch'] for r in log] == [3] and log[0]['lr'] == pytest.approx([0.001, 0.01])  # past step 2

@@ -14,9 +14,8 @@ import torch.nn as nn
 
 import distributed
 from models import MSRN
-from tests.test_training_options import (OverflowAt, assert_equal_to_average, average_by_definition,
-                                         train_and_record)
-from tests.toy import ToyDataset, ToyMSRN, make_engine, make_optimizer
+from tests.toy import (OverflowAt, ToyDataset, ToyMSRN, assert_equal_to_average, average_by_definition, make_engine,
+                       make_optimizer, train_and_record)
 from util import seed_everything
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')

@@ -12,7 +12,7 @@ from tensorboard.backend.event_processing import plugin_event_accumulator
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from errors import UsageError
-from tests.test_engine import run
+from tests.toy import ToyDataset, toy_run
 
 TEXT_TAG = 'settings/text_summary'  # where SummaryWriter.add_text('settings', ...) puts the text
 
@@ -44,7 +44,7 @@ def next_second():
 
 def test_each_epoch_writes_the_log_figures_lrs_and_every_validation_figure(tmp_path):
     settings = {'args': {'lr': 0.1, 'data': '/data/a|b', 'epoch_step': [2]}}
-    _, _, engine, _ = run(tmp_path, max_epochs=2, ema_decay=0.5, settings=settings, val_split='test')
+    _, _, engine, _ = toy_run(tmp_path, max_epochs=2, ema_decay=0.5, settings=settings, val_split='test')
     acc = events(tmp_path)
     log = [json.loads(line) for line in open(tmp_path / 'log.jsonl')]
     for tag, key in [('train/loss', 'train_loss'), ('train/mAP', 'train_mAP'), ('val/loss', 'val_loss'),
@@ -69,15 +69,14 @@ def test_each_epoch_writes_the_log_figures_lrs_and_every_validation_figure(tmp_p
 
 
 def test_a_class_without_positive_gets_no_ap_scalar(tmp_path, monkeypatch):
-    from tests.toy import ToyDataset
     real_init = ToyDataset.__init__
 
     def without_d_in_validation(self, n, seed=0, **kwargs):
         real_init(self, n, seed=seed, **kwargs)
-        if seed == 2:   # run()'s validation set
+        if seed == 2:   # toy_run()'s validation set
             self.targets[:, 3] = -1
     monkeypatch.setattr(ToyDataset, '__init__', without_d_in_validation)
-    run(tmp_path, max_epochs=1)
+    toy_run(tmp_path, max_epochs=1)
     tags = events(tmp_path).Tags()['scalars']
     assert {'val_ap/a', 'val_ap/b', 'val_ap/c'} <= set(tags) and 'val_ap/d' not in tags
 
@@ -88,16 +87,16 @@ def test_a_resumed_run_rewrites_its_epochs_once(tmp_path, resume_from):
     figures of the run that wrote it last (those of log.jsonl), and the settings of each run from the
     epoch it started at."""
     settings = {'args': {'lr': 0.1}}
-    run(tmp_path, max_epochs=2, settings=settings)
+    toy_run(tmp_path, max_epochs=2, settings=settings)
     source = tmp_path.parent / ('best.pth.tar' if resume_from == 'model_best' else 'epoch2.pth.tar')
     shutil.copy(tmp_path / ('model_best.pth.tar' if resume_from == 'model_best' else 'checkpoint.pth.tar'), source)
     resumed_epoch = torch.load(source, weights_only=True)['epoch']
     next_second()
-    run(tmp_path, max_epochs=3, resume=str(tmp_path / 'checkpoint.pth.tar'), settings=settings)
+    toy_run(tmp_path, max_epochs=3, resume=str(tmp_path / 'checkpoint.pth.tar'), settings=settings)
     acc = events(tmp_path)
     assert [e.step for e in acc.Scalars('val/mAP')] == [1, 2, 3] and text_steps(tmp_path) == [1, 3]
     next_second()
-    run(tmp_path, max_epochs=3, resume=str(source), settings=settings)
+    toy_run(tmp_path, max_epochs=3, resume=str(source), settings=settings)
     acc = events(tmp_path)
     log = [json.loads(line) for line in open(tmp_path / 'log.jsonl')]
     assert [r['epoch'] for r in log] == [1, 2, 3]
@@ -108,7 +107,7 @@ def test_a_resumed_run_rewrites_its_epochs_once(tmp_path, resume_from):
 
 
 def test_no_tensorboard_writes_no_events(tmp_path):
-    run(tmp_path, max_epochs=1, tensorboard=False)
+    toy_run(tmp_path, max_epochs=1, tensorboard=False)
     assert not [name for name in os.listdir(tmp_path) if 'tfevents' in name]
     assert (tmp_path / 'log.jsonl').is_file()
 
@@ -116,7 +115,7 @@ def test_no_tensorboard_writes_no_events(tmp_path):
 def test_a_missing_tensorboard_package_is_a_one_line_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, 'torch.utils.tensorboard', None)   # import fails as if not installed
     with pytest.raises(UsageError, match='pip install tensorboard, or pass --no-tensorboard') as info:
-        run(tmp_path, max_epochs=1)
+        toy_run(tmp_path, max_epochs=1)
     assert '\n' not in str(info.value)
     assert not (tmp_path / 'checkpoint.pth.tar').exists()   # stopped before training
-    run(tmp_path / 'off', max_epochs=1, tensorboard=False)   # without events, the package is not needed
+    toy_run(tmp_path / 'off', max_epochs=1, tensorboard=False)   # without events, the package is not needed

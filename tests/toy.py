@@ -1,8 +1,14 @@
-"""A tiny stand-in for MSRN and an in-memory dataset with the real item format, for engine tests."""
+"""A tiny stand-in for MSRN and an in-memory dataset with the real item format, for engine tests, and
+the toy runs and recorders that several test modules share."""
+import copy
+import math
+
 import numpy as np
 import torch
 import torch.nn as nn
 from PIL import Image
+
+from util import ModelEma, seed_everything
 
 NUM_CLASSES = 4
 
@@ -70,3 +76,95 @@ def make_engine(**kwargs):
 
 def make_optimizer(model, lr=0.1):
     return torch.optim.SGD(model.get_config_optim(lr), lr=lr, momentum=0.9, weight_decay=1e-4)
+
+
+def toy_run(save_dir, max_epochs, resume=None, init_seed=0, criterion=None, **engine_kwargs):
+    """Build everything from ``init_seed`` as a fresh process would, then ``learning``."""
+    seed_everything(init_seed)
+    model = ToyMSRN()
+    optimizer = make_optimizer(model)
+    engine = make_engine(save_dir=save_dir, max_epochs=max_epochs, epoch_step=[2], resume=resume, **engine_kwargs)
+    score = engine.learning(model, criterion or nn.MultiLabelSoftMarginLoss(), ToyDataset(30, seed=1),
+                            ToyDataset(10, seed=2), optimizer)
+    return model, optimizer, engine, score
+
+
+def average_by_definition(start, states, decay):
+    """The weight average by its definition: from ``start`` (the weights it was made from),
+    ema = decay * ema + (1 - decay) * w for each state w in turn, for every floating-point entry;
+    integer entries (BatchNorm's num_batches_tracked) are the last state's."""
+    ema = {k: v.clone() for k, v in start.items()}
+    for state in states:
+        for k, w in state.items():
+            ema[k] = decay * ema[k] + (1 - decay) * w if w.is_floating_point() else w.clone()
+    return ema
+
+
+def assert_equal_to_average(averaged, expected):
+    assert averaged.keys() == expected.keys()
+    for k, v in averaged.items():
+        assert v.dtype == expected[k].dtype, k
+        if v.is_floating_point():
+            torch.testing.assert_close(v, expected[k], rtol=1e-5, atol=1e-6, msg=k)
+        else:
+            assert torch.equal(v, expected[k]), k
+
+
+class _InfiniteGradient(torch.autograd.Function):
+    """Zero forward, infinite gradient backward."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.shape = x.shape
+        return x.new_zeros(())
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.new_full(ctx.shape, math.inf)
+
+
+class OverflowAt(nn.MultiLabelSoftMarginLoss):
+    """The official loss, finite, but with an infinite gradient in training batch number ``at`` (1-based):
+    a step GradScaler skips."""
+
+    def __init__(self, at):
+        super().__init__()
+        self.at, self.training_calls = at, 0
+
+    def forward(self, logits, target):
+        loss = super().forward(logits, target)
+        if torch.is_grad_enabled():
+            self.training_calls += 1
+            if self.training_calls == self.at:
+                loss = loss + _InfiniteGradient.apply(logits)
+        return loss
+
+
+def train_and_record(monkeypatch, save_dir, criterion, device='cpu', scaler=None, lr=0.1, decay=0.9):
+    """Two epochs of ToyMSRN (8 batches each) with a weight average. Returns the model, the engine, the
+    weights training started from, the model's state after each ``scaler.step`` call, the number of
+    optimizer steps made (not skipped) and the number of EMA updates."""
+    seed_everything(0)
+    model = ToyMSRN().to(device)
+    start = copy.deepcopy(model.state_dict())
+    optimizer = make_optimizer(model, lr=lr)
+    engine = make_engine(device=device, save_dir=save_dir, max_epochs=2, ema_decay=decay)
+    if scaler is not None:
+        engine.scaler = scaler
+    after_steps, made, updates = [], [], []
+    real_step, real_update = engine.scaler.step, ModelEma.update
+
+    def step(*args, **kwargs):
+        result = real_step(*args, **kwargs)
+        after_steps.append(copy.deepcopy(model.state_dict()))
+        return result
+
+    def update(self):
+        updates.append(1)
+        return real_update(self)
+
+    monkeypatch.setattr(engine.scaler, 'step', step)
+    monkeypatch.setattr(ModelEma, 'update', update)
+    optimizer.register_step_post_hook(lambda *_: made.append(1))
+    engine.learning(model, criterion, ToyDataset(30, seed=1), ToyDataset(10, seed=2), optimizer)
+    return model, engine, start, after_steps, len(made), len(updates)
