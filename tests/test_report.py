@@ -9,7 +9,7 @@ import torch
 import metrics
 import report
 from engine import lr_group_names
-from tests.toy import ToyDataset, toy_run
+from tests.toy import no_positive_in_validation, toy_run
 
 
 def test_the_epoch_line_names_its_numbers():
@@ -44,13 +44,7 @@ def test_the_summary_names_the_classes_without_positive_image():
 
 
 def test_a_run_names_its_split_and_prints_the_best_weights_per_class_ap(tmp_path, monkeypatch, capsys):
-    real_init = ToyDataset.__init__
-
-    def without_d_in_validation(self, n, seed=0, **kwargs):
-        real_init(self, n, seed=seed, **kwargs)
-        if seed == 2:   # toy_run()'s validation set
-            self.targets[:, 3] = -1
-    monkeypatch.setattr(ToyDataset, '__init__', without_d_in_validation)
+    no_positive_in_validation(monkeypatch, 3)   # class 'd'
     _, _, engine, best = toy_run(tmp_path, max_epochs=2, ema_decay=0.5, val_split='test')
     out = capsys.readouterr().out
     heads = [line.split('  mAP')[0] for line in out.splitlines() if ': 10 images  mAP' in line]

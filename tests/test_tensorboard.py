@@ -12,7 +12,7 @@ from tensorboard.backend.event_processing import plugin_event_accumulator
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from errors import UsageError
-from tests.toy import ToyDataset, toy_run
+from tests.toy import no_positive_in_validation, toy_run
 
 TEXT_TAG = 'settings/text_summary'  # where SummaryWriter.add_text('settings', ...) puts the text
 
@@ -69,13 +69,7 @@ def test_each_epoch_writes_the_log_figures_lrs_and_every_validation_figure(tmp_p
 
 
 def test_a_class_without_positive_gets_no_ap_scalar(tmp_path, monkeypatch):
-    real_init = ToyDataset.__init__
-
-    def without_d_in_validation(self, n, seed=0, **kwargs):
-        real_init(self, n, seed=seed, **kwargs)
-        if seed == 2:   # toy_run()'s validation set
-            self.targets[:, 3] = -1
-    monkeypatch.setattr(ToyDataset, '__init__', without_d_in_validation)
+    no_positive_in_validation(monkeypatch, 3)   # class 'd'
     toy_run(tmp_path, max_epochs=1)
     tags = events(tmp_path).Tags()['scalars']
     assert {'val_ap/a', 'val_ap/b', 'val_ap/c'} <= set(tags) and 'val_ap/d' not in tags

@@ -89,6 +89,17 @@ def toy_run(save_dir, max_epochs, resume=None, init_seed=0, criterion=None, **en
     return model, optimizer, engine, score
 
 
+def no_positive_in_validation(monkeypatch, c):
+    """From now on toy_run's validation set (seed 2) has no positive image of class ``c``."""
+    real_init = ToyDataset.__init__
+
+    def init(self, n, seed=0, **kwargs):
+        real_init(self, n, seed=seed, **kwargs)
+        if seed == 2:
+            self.targets[:, c] = -1
+    monkeypatch.setattr(ToyDataset, '__init__', init)
+
+
 def average_by_definition(start, states, decay):
     """The weight average by its definition: from ``start`` (the weights it was made from),
     ema = decay * ema + (1 - decay) * w for each state w in turn, for every floating-point entry;
