@@ -23,6 +23,8 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
+# before torchvision (engine), whose import probes Triton: attention.py makes a broken one look absent
+from attention import ATTENTIONS  # noqa: I001
 import checkpoint as ckpt
 import distributed
 import label_files
@@ -31,7 +33,6 @@ import run_folder
 from engine import GCNMultiLabelMAPEngine
 from errors import CheckpointError, MSRNError, UsageError
 from losses import LOSSES, build_loss
-from attention import ATTENTIONS
 from models import MSRN, RESNET_LAYOUTS
 from util import seed_everything
 

@@ -380,7 +380,8 @@ def test_broken_triton_leaves_attention_importable(tmp_path):
     (tmp_path / 'triton').mkdir()
     (tmp_path / 'triton' / '__init__.py').write_text("raise RuntimeError('libcuda.so: cannot open shared object')\n")
     child = textwrap.dedent('''
-        import models   # first: it imports torchvision, which probes Triton too
+        import cli      # first: the entry scripts' module imports torchvision, which probes Triton too
+        import models
         import attention, pytest, torch
         from tests.test_attention import training_step
         from tests.test_models import small_model
