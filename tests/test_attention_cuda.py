@@ -8,8 +8,8 @@ import torch
 
 import attention
 from attention import auto_label_attention, chunked_label_attention, fused_label_attention, plain_label_attention
-from tests.test_attention import (FULL_SIZE, PRECISION, SHAPES, assert_matches_float64, inputs, outputs_and_grads,
-                                  trained_like, with_nans)
+from tests.helpers import (FULL_SIZE, PRECISION, SHAPES, assert_matches_float64, inputs, outputs_and_grads,
+                           trained_like, with_nans)
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
 
