@@ -19,7 +19,7 @@ import demo_voc2007_gcn
 import label_files
 import predict
 from errors import CheckpointError, DatasetError, UsageError
-from tests.helpers import QUICK, REPO, assert_one_line_error, official_checkpoint
+from tests.helpers import QUICK, REPO, assert_one_line_error, official_checkpoint, run_main
 
 DEMOS = {'voc': demo_voc2007_gcn, 'coco': demo_coco_gcn, 'nuswide': demo_nuswide_gcn, 'apparel': demo_apparel_gcn}
 POOL_RATIOS = {'voc': 0.2, 'coco': 0.05, 'nuswide': 0.05, 'apparel': 0.2}
@@ -122,8 +122,7 @@ sys.exit(demo.main(demo.DATASET, {argv!r}))
 
 def test_amp_on_the_cpu_is_a_one_line_error(synthetic):
     info = synthetic('voc', **TINY['voc'])
-    result = subprocess.run([sys.executable, 'demo_voc2007_gcn.py', info['root'], '--amp', *QUICK], cwd=REPO,
-                            capture_output=True, text=True, timeout=300)
+    result = run_main('demo_voc2007_gcn.py', info['root'], '--amp', *QUICK)
     assert_one_line_error(result, r'--amp in float16 needs CUDA; on the CPU use --amp-dtype bfloat16')
 
 

@@ -15,7 +15,7 @@ import demo_custom_gcn
 import label_files
 import predict
 from errors import DatasetError
-from tests.helpers import assert_one_line_error, custom_argv, run_demo, run_script
+from tests.helpers import assert_one_line_error, custom_argv, run_demo, run_main, run_script
 from tools import build_adj, build_word2vec, synthetic_data
 
 CLASSES = synthetic_data.CUSTOM_CLASSES
@@ -308,7 +308,7 @@ def test_bad_val_input_as_a_process_exits_2_naming_val_csv(mutate, synthetic, tm
 def test_labels_differing_in_case_as_a_process_exit_2(synthetic, tmp_path):
     _, root = copy_data(synthetic, tmp_path)
     BAD_INPUTS['train labels differ in case'][0](root)
-    result = run_script('demo_custom_gcn.py', *custom_argv(root, tmp_path / 'out'))
+    result = run_main('demo_custom_gcn.py', *custom_argv(root, tmp_path / 'out'))
     assert_one_line_error(result, r"^error: .*train\.csv:\d+: label 'dog' differs only in case from 'Dog' on line 2")
 
 

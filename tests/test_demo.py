@@ -14,7 +14,7 @@ import demo_coco_gcn
 import demo_nuswide_gcn
 import demo_voc2007_gcn
 import label_files
-from tests.helpers import REPO, assert_one_line_error, official_checkpoint, run_script
+from tests.helpers import REPO, assert_one_line_error, official_checkpoint, run_main, run_script
 
 DEMOS = {'voc': demo_voc2007_gcn, 'coco': demo_coco_gcn, 'nuswide': demo_nuswide_gcn, 'apparel': demo_apparel_gcn}
 OFFICIAL_FLAGS = ['--image-size', '-i', '-j', '--workers', '--epochs', '--epoch_step', '--start-epoch', '-graph_file',
@@ -138,6 +138,7 @@ def test_other_readme_commands_evaluate_a_checkpoint(name, official, tmp_path, s
 # Bad input through the scripts: one line on stderr, exit code 2, no traceback
 
 def test_missing_dataset_root(tmp_path):
+    """In a process of its own, as users run it (the other cases run main in this process)."""
     result = run_script('demo_voc2007_gcn.py', tmp_path / 'nowhere', '--no-download', '-graph_file',
                         tmp_path / 'g.pkl', '-word_file', tmp_path / 'w.pkl')
     assert_one_line_error(result, r'^error: .*nowhere')
@@ -147,13 +148,13 @@ def test_wrong_word_vectors(tmp_path, synthetic):
     info = synthetic('voc')
     bad = tmp_path / 'words.npy'
     np.save(bad, np.zeros((19, 300), np.float32))
-    result = run_script('demo_voc2007_gcn.py', info['root'], '-word_file', bad, '-graph_file', info['graph_file'])
+    result = run_main('demo_voc2007_gcn.py', info['root'], '-word_file', bad, '-graph_file', info['graph_file'])
     assert_one_line_error(result, r'words.npy: 19 word vectors but the dataset has 20 classes')
 
 
 def test_missing_resume_is_an_error_not_a_fresh_start(tmp_path, synthetic):
     info = synthetic('voc')
-    result = run_script('demo_voc2007_gcn.py', info['root'], '-word_file', info['word_file'], '-graph_file',
+    result = run_main('demo_voc2007_gcn.py', info['root'], '-word_file', info['word_file'], '-graph_file',
                         info['graph_file'], '--backbone', 'resnet18', '-e', '--resume', tmp_path / 'nope.pth.tar')
     assert_one_line_error(result, r'nope.pth.tar: checkpoint not found')
 
@@ -162,7 +163,7 @@ def test_wrong_pool_ratio_for_a_checkpoint_says_what_to_set(tmp_path, synthetic)
     info = synthetic('voc')
     graph = label_files.load_adjacency(info['graph_file'], 20)
     official_checkpoint(str(tmp_path / 'ckpt.pth.tar'), 20, 0.2, 'resnet18', graph)
-    result = run_script('demo_voc2007_gcn.py', info['root'], '-word_file', info['word_file'], '-graph_file',
+    result = run_main('demo_voc2007_gcn.py', info['root'], '-word_file', info['word_file'], '-graph_file',
                         info['graph_file'], '--backbone', 'resnet18', '-e', '--resume', tmp_path / 'ckpt.pth.tar',
                         '--pool_ratio', '0.05')
     assert_one_line_error(result, r'checkpoint has 4 label groups, the model 1: set --pool_ratio')
@@ -172,7 +173,7 @@ def test_cuda_requested_without_cuda(synthetic):
     if torch.cuda.is_available():
         pytest.skip('CUDA is available here')
     info = synthetic('voc')
-    result = run_script('demo_voc2007_gcn.py', info['root'], '--device', 'cuda')
+    result = run_main('demo_voc2007_gcn.py', info['root'], '--device', 'cuda')
     assert_one_line_error(result, r'CUDA is not available')
 
 
@@ -188,7 +189,7 @@ def voc_copy(synthetic, tmp_path):
 
 
 def run_voc(info, root, *extra):
-    return run_script('demo_voc2007_gcn.py', root, '-graph_file', info['graph_file'], '-word_file', info['word_file'],
+    return run_main('demo_voc2007_gcn.py', root, '-graph_file', info['graph_file'], '-word_file', info['word_file'],
                       '--backbone', 'resnet18', '--pretrained', '0', '--image-size', '64', '-j', '0', '-e', *extra)
 
 
@@ -229,7 +230,7 @@ def test_adjacency_of_the_wrong_shape(synthetic, tmp_path):
     info = synthetic('voc')
     bad = tmp_path / 'graph.npz'
     np.savez(bad, adj=np.zeros((19, 19)), nums=np.ones(19))
-    result = run_script('demo_voc2007_gcn.py', info['root'], '-graph_file', bad, '-word_file', info['word_file'],
+    result = run_main('demo_voc2007_gcn.py', info['root'], '-graph_file', bad, '-word_file', info['word_file'],
                         '--backbone', 'resnet18', '--pretrained', '0')
     assert_one_line_error(result, r'graph.npz: graph has 19 classes but the dataset has 20')
 

@@ -14,7 +14,7 @@ import demo_custom_gcn
 import demo_voc2007_gcn
 import run_folder
 from errors import SaveError, UsageError
-from tests.helpers import run_script
+from tests.helpers import run_main
 from tests.toy import ToyDataset, ToyMSRN, make_engine, make_optimizer
 from util import seed_everything
 
@@ -101,7 +101,7 @@ def test_a_new_run_into_a_used_folder_is_one_line_and_touches_nothing(synthetic,
     info = synthetic('custom', n_train=24, n_val=12)
     folder = old_run(tmp_path / 'my1')
     before = folder_bytes(folder)
-    result = run_script('demo_custom_gcn.py', info['root'], '--save-dir', folder, '--pretrained', '0', '--backbone',
+    result = run_main('demo_custom_gcn.py', info['root'], '--save-dir', folder, '--pretrained', '0', '--backbone',
                         'resnet18', '--device', 'cpu')
     assert result.returncode == 2
     assert result.stderr.splitlines() == [f'error: {folder} holds another run (epoch 5, best mAP 69.7): continue it '
