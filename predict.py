@@ -14,8 +14,10 @@ import os
 import sys
 from contextlib import nullcontext
 
+import numpy as np
 import torch
-from PIL import Image
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
@@ -137,29 +139,35 @@ def attention_png_path(out_dir, path, root):
     return os.path.join(out_dir, os.path.relpath(os.path.abspath(path), root) + '.attention.png')
 
 
-def save_attention_png(path, image, labels, maps):
-    """One row per label: the image, then its attention at the three levels overlaid."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
+ATTENTION_TILE = 224  # px: the longer side of each picture in an attention PNG
+CAPTION_HEIGHT = 14  # px: the strip above each picture that says what it shows
 
-    size = image.size
-    fig, axes = plt.subplots(len(labels), 4, figsize=(12, 3 * len(labels)), squeeze=False)
+
+def save_attention_png(path, image, labels, maps):
+    """One row per label: the image captioned with the label, then its attention at each level
+    (colour map 'jet' over the map's own range, blended half and half with the image)."""
+    from matplotlib import colormaps
+    jet = colormaps['jet']
+    scale = ATTENTION_TILE / max(image.size)
+    width, height = max(1, round(image.width * scale)), max(1, round(image.height * scale))
+    picture = image.resize((width, height), Image.BILINEAR)
+    sheet = Image.new('RGB', ((1 + len(maps)) * width, len(labels) * (CAPTION_HEIGHT + height)), 'white')
+    draw = ImageDraw.Draw(sheet)
     for row, (name, probability) in enumerate(labels):
-        axes[row, 0].imshow(image)
-        axes[row, 0].set_title(f'{name} {probability:.2f}')
-        for level, level_maps in enumerate(maps, 1):
-            heat = torch.nn.functional.interpolate(level_maps[None, None, row], size=size[::-1], mode='bilinear',
-                                                   align_corners=False)[0, 0]
-            axes[row, level].imshow(image)
-            axes[row, level].imshow(heat.numpy(), cmap='jet', alpha=0.5)
-            axes[row, level].set_title(f'level {level} ({level_maps.shape[-2]}x{level_maps.shape[-1]})')
-        for ax in axes[row]:
-            ax.axis('off')
-    fig.tight_layout()
+        tiles = [(picture, f'{name} {probability:.2f}')]
+        for level, level_maps in enumerate(maps, 1):  # level_maps: (labels, h, w)
+            heat = F.interpolate(level_maps[None, None, row], size=(height, width), mode='bilinear',
+                                 align_corners=False)[0, 0]                          # (height, width)
+            heat = (heat - heat.min()) / (heat.max() - heat.min()).clamp_min(1e-12)
+            colours = Image.fromarray((jet(heat.numpy())[..., :3] * 255).astype(np.uint8))
+            caption = f'level {level} ({level_maps.shape[-2]}x{level_maps.shape[-1]})'
+            tiles.append((Image.blend(picture, colours, 0.5), caption))
+        top = row * (CAPTION_HEIGHT + height)
+        for column, (tile, caption) in enumerate(tiles):
+            draw.text((column * width + 2, top + 1), caption, fill='black')
+            sheet.paste(tile, (column * width, top + CAPTION_HEIGHT))
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    sheet.save(path, compress_level=1)  # fast: these PNGs are photos, which compress little anyway
 
 
 def write_attention_maps(model, words, path, features, probabilities, classes, thresholds, out_path):

@@ -19,7 +19,7 @@ import demo_voc2007_gcn
 import label_files
 import predict
 from errors import CheckpointError, DatasetError, UsageError
-from tests.helpers import QUICK, REPO, assert_one_line_error, official_checkpoint, run_main
+from tests.helpers import QUICK, REPO, assert_one_line_error, file_identity, official_checkpoint, run_main
 
 DEMOS = {'voc': demo_voc2007_gcn, 'coco': demo_coco_gcn, 'nuswide': demo_nuswide_gcn, 'apparel': demo_apparel_gcn}
 POOL_RATIOS = {'voc': 0.2, 'coco': 0.05, 'nuswide': 0.05, 'apparel': 0.2}
@@ -265,8 +265,10 @@ def test_evaluation_with_the_checkpoint_alone(voc_run, capsys):
 def test_resume_with_the_checkpoint_alone_continues_the_same_run(voc_run, tmp_path, capsys):
     _, save = voc_run
     run = tmp_path / 'run'
-    shutil.copytree(save, run)   # a copied run goes on in its copy: the original is never touched
-    original = {name: (save / name).read_bytes() for name in os.listdir(save)}
+    # A copied run goes on in its copy and never touches the original. The copy is of hard links, so
+    # a write into a file rather than onto a new one (atomically renamed) would change the original.
+    shutil.copytree(save, run, copy_function=os.link)
+    original = {name: file_identity(save / name) for name in os.listdir(save)}
     checkpoint = run / 'checkpoint.pth.tar'
     events = {name: (run / name).read_bytes() for name in os.listdir(run) if name.startswith('events.out.tfevents.')}
     argv = ['--resume', str(checkpoint), '--epochs', '3', '--no-download', '-j', '0', '--device', 'cpu',
@@ -282,7 +284,7 @@ def test_resume_with_the_checkpoint_alone_continues_the_same_run(voc_run, tmp_pa
     resumed = torch.load(checkpoint, weights_only=True)
     assert resumed['epoch'] == 3 and resumed['args']['lr'] == 0.1
     assert [json.loads(line)['epoch'] for line in open(run / 'log.jsonl')] == [1, 2, 3]
-    assert {name: (save / name).read_bytes() for name in os.listdir(save)} == original
+    assert {name: file_identity(save / name) for name in os.listdir(save)} == original
 
 
 def test_predict_with_the_checkpoint_alone(voc_run, capsys):

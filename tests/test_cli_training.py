@@ -18,7 +18,7 @@ import demo_coco_gcn
 import demo_nuswide_gcn
 import demo_voc2007_gcn
 import metrics
-from tests.helpers import REFERENCE, REPO, meta_model
+from tests.helpers import REFERENCE, REPO, file_identity, meta_model
 
 CHECKPOINT, BEST = 'checkpoint.pth.tar', 'model_best.pth.tar'
 FORCED_MAPS = [50.0, 70.0, 60.0, math.nan]  # validation mAPs of epochs 1-4: epoch 2 is the best
@@ -63,12 +63,6 @@ def assert_official(checkpoint, epoch, num_classes, pool_ratio, backbone='resnet
 def same_weights(path_a, path_b):
     a, b = load(path_a)['state_dict'], load(path_b)['state_dict']
     return a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
-
-
-def file_identity(path):
-    """Changes whenever the file is written again (atomic writes make a new inode)."""
-    stat = os.stat(path)
-    return stat.st_ino, stat.st_mtime_ns, stat.st_size
 
 
 @pytest.fixture(scope='module')

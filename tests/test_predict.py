@@ -78,7 +78,12 @@ def test_prints_each_images_top_labels_and_writes_attention_maps(trained_checkpo
     assert [name for name, _ in shown] == [voc.CLASSES[i] for i in expected]  # the model's own top 3
     for image in images:
         png = tmp_path / 'maps' / f'{image.name}.attention.png'
-        assert png.is_file() and png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+        assert png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+        # threshold 0: a row for each of the 20 labels; the image and its three levels side by side
+        width, height = Image.open(image).size
+        tile = predict.ATTENTION_TILE
+        assert Image.open(png).size == (4 * round(width * tile / max(width, height)),
+                                        20 * (predict.CAPTION_HEIGHT + round(height * tile / max(width, height))))
     assert f"=> attention maps in {tmp_path / 'maps'}/" in out
 
 
