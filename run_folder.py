@@ -6,6 +6,7 @@ previous version whole; a write that fails (no space left, no permission, a read
 system) stops the run with a ``SaveError`` that names the file and what is still intact. A new run
 never writes over another run's files (:func:`held_run`, :func:`remove_run`).
 """
+import contextlib
 import fnmatch
 import json
 import os
@@ -153,21 +154,35 @@ class RunFolder:
             first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise UsageError(f'cannot import TensorBoard ({first_line}): pip install tensorboard, '
                              'or pass --no-tensorboard') from e
-        self.tensorboard = SummaryWriter(self.path, purge_step=purge_step)
-        if settings:
-            self.tensorboard.add_text('settings', settings_table(settings), purge_step)
+        with self._tensorboard_errors():
+            self.tensorboard = SummaryWriter(self.path, purge_step=purge_step)
+            if settings:
+                self.tensorboard.add_text('settings', settings_table(settings), purge_step)
 
     def write_tensorboard(self, step, scalars):
         """Add ``scalars`` ({tag: value}, :func:`tensorboard_scalars`) at ``step`` and flush, so that
         TensorBoard shows each epoch as it ends."""
-        for tag, value in scalars.items():
-            self.tensorboard.add_scalar(tag, value, step)
-        self.tensorboard.flush()
+        with self._tensorboard_errors():
+            for tag, value in scalars.items():
+                self.tensorboard.add_scalar(tag, value, step)
+            self.tensorboard.flush()
 
     def close_tensorboard(self):
         if self.tensorboard is not None:
-            self.tensorboard.close()
+            with self._tensorboard_errors():
+                self.tensorboard.close()
             self.tensorboard = None
+
+    @contextlib.contextmanager
+    def _tensorboard_errors(self):
+        """An OSError of TensorBoard's writer (a full disk) becomes a SaveError. The writer is then
+        dropped unclosed: closing it would only raise the same error again."""
+        try:
+            yield
+        except OSError as e:
+            self.tensorboard = None
+            raise SaveError(f'cannot write TensorBoard events in {self.path}: {e.strerror or e}; '
+                            f'{self._intact()}') from e
 
 
 def tensorboard_scalars(record, lr_names, val=None, ema_val=None, class_names=None):

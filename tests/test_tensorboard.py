@@ -1,5 +1,6 @@
 """TensorBoard events in the save folder, read back with TensorBoard's own reader: what an epoch writes,
 a resume that rewrites epochs, --no-tensorboard, a missing tensorboard package."""
+import errno
 import json
 import os
 import shutil
@@ -10,8 +11,9 @@ import pytest
 import torch
 from tensorboard.backend.event_processing import plugin_event_accumulator
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.summary.writer import event_file_writer
 
-from errors import UsageError
+from errors import SaveError, UsageError
 from tests.toy import no_positive_in_validation, toy_run
 
 TEXT_TAG = 'settings/text_summary'  # where SummaryWriter.add_text('settings', ...) puts the text
@@ -113,3 +115,24 @@ def test_a_missing_tensorboard_package_is_a_one_line_error(tmp_path, monkeypatch
     assert '\n' not in str(info.value)
     assert not (tmp_path / 'checkpoint.pth.tar').exists()   # stopped before training
     toy_run(tmp_path / 'off', max_epochs=1, tensorboard=False)   # without events, the package is not needed
+
+
+def test_a_full_disk_under_the_events_is_one_line_and_the_checkpoint_intact(tmp_path, monkeypatch):
+    """The events file's flush at the end of epoch 2 fails as a full disk does (TensorBoard's writer
+    raises the OSError of its file)."""
+    real_flush = event_file_writer.EventFileWriter.flush
+
+    def flush(self):
+        log = tmp_path / 'log.jsonl'   # written before the events of its epoch
+        if log.exists() and len(log.read_text().splitlines()) == 2:
+            raise OSError(errno.ENOSPC, 'No space left on device')
+        real_flush(self)
+    monkeypatch.setattr(event_file_writer.EventFileWriter, 'flush', flush)
+    with pytest.raises(SaveError) as info:
+        toy_run(tmp_path, max_epochs=3)
+    assert str(info.value) == (
+        f'cannot write TensorBoard events in {tmp_path}: No space left on device; the last complete checkpoint, '
+        f"{tmp_path / 'checkpoint.pth.tar'} (epoch 2), is intact: free space or choose another --save-dir, "
+        'then --resume it')
+    assert torch.load(tmp_path / 'checkpoint.pth.tar', weights_only=True)['epoch'] == 2
+
