@@ -267,6 +267,7 @@ MSGDN = MSRN  # the official class name
 # gets its own compiled graph (the function's guards check which module it got), never the
 # original's weights. None: not compiled yet; False: compiling failed, eager from then on.
 _compiled_call = None
+_backward_compiled = False  # set once a training step's backward went through the compiler
 
 
 def compiled_trunk(trunk, img):
@@ -278,7 +279,10 @@ def compiled_trunk(trunk, img):
     if _compiled_call is False:
         return trunk(img)
     try:
-        return _compiled_call(trunk, img)
+        features = _compiled_call(trunk, img)
+        if torch.is_grad_enabled() and not _backward_compiled:
+            _compile_backward(trunk, features)
+        return features
     except UsageError:   # bad input (images too small), not a compiler failure
         raise
     except Exception as e:  # torch.compile raises many kinds of errors
@@ -291,6 +295,17 @@ def compiled_trunk(trunk, img):
 
 def _call(module, x):
     return module(x)
+
+
+def _compile_backward(trunk, features):
+    """torch.compile compiles the backward at the first backward pass, inside the training loop:
+    run one now (the trunk's gradients, thrown away; the graph kept for the real one), so that a
+    failure there too falls back to eager mode."""
+    global _backward_compiled
+    params = [p for p in trunk.parameters() if p.requires_grad]
+    if params:
+        torch.autograd.grad(sum(f.float().sum() for f in features), params, retain_graph=True, allow_unused=True)
+    _backward_compiled = True
 
 
 def _read_graph(adj_file, num_classes):

@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 import torch.nn as nn
+from torch._dynamo.backends.common import aot_autograd
 
 import demo_custom_gcn
 import models
@@ -46,6 +47,7 @@ def test_channels_last_images_give_the_same_training():
 def fresh_compile(monkeypatch):
     """Each test compiles (or fails to) anew: the process-wide state of models.compiled_trunk reset."""
     monkeypatch.setattr(models, '_compiled_call', None)
+    monkeypatch.setattr(models, '_backward_compiled', False)
 
 
 def small_msrn():
@@ -93,6 +95,29 @@ def test_a_compile_failure_is_one_warning_and_eager_mode(fresh_compile, monkeypa
         'warning: torch.compile failed (RuntimeError: no C compiler found); the trunk runs eagerly']
 
 
+def test_a_failure_to_compile_the_backward_is_one_warning_and_eager_mode(fresh_compile, monkeypatch, capsys):
+    """torch.compile compiles the backward at the first backward pass: a compiler that fails only
+    there still gives one warning, at the first forward pass, and eager training steps."""
+    def no_backward(graph, example_inputs):
+        raise RuntimeError('backward not supported')
+    backend = aot_autograd(fw_compiler=lambda graph, example_inputs: graph, bw_compiler=no_backward)
+    monkeypatch.setattr(torch, 'compile', functools.partial(torch.compile, backend=backend))
+    eager, model = small_msrn().train(), small_msrn().train()
+    model.compile_trunk = True
+    words, images = torch.randn(2, 5, 300), torch.randn(2, 3, 64, 64)
+    logits, group_loss = model(images, words)
+    assert capsys.readouterr().err.splitlines() == [
+        'warning: torch.compile failed (RuntimeError: backward not supported); the trunk runs eagerly']
+    (logits.sum() + group_loss).backward()
+    logits, group_loss = model(images, words)   # a second training step: no second warning
+    (logits.sum() + group_loss).backward()
+    assert capsys.readouterr().err == ''
+    logits, group_loss = eager(images, words)
+    (2 * (logits.sum() + group_loss)).backward()  # two steps' gradients, accumulated
+    for (name, a), b in zip(eager.named_parameters(), model.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, msg=name)
+
+
 @pytest.mark.slow
 def test_a_bfloat16_cpu_run_trains_two_epochs_and_resumes_bit_for_bit(synthetic, tmp_path):
     info = synthetic('custom', n_train=16, n_val=8)
@@ -116,6 +141,7 @@ def test_speed_options_through_the_demo_script_evaluate_the_same(custom_run, tmp
     """--attention plain / chunked, --channels-last and --compile (with the 'eager' backend) give
     the evaluation of the default run, up to float rounding."""
     monkeypatch.setattr(models, '_compiled_call', None)
+    monkeypatch.setattr(models, '_backward_compiled', False)
     monkeypatch.setattr(torch, 'compile', functools.partial(torch.compile, backend='eager'))
     checkpoint = str(custom_run[1] / 'model_best.pth.tar')
     scores = {}
