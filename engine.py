@@ -439,7 +439,7 @@ class GCNMultiLabelMAPEngine:
         ``thresholds_name``; prints and returns what they give here (optimistic: chosen here)."""
         calibration = metrics.calibrate_thresholds(results['scores'], results['targets'], self.calibrate,
                                                    self.difficult_examples)
-        names = self.class_names or [str(k) for k in range(len(calibration.thresholds))]
+        names = report.class_names_or_indices(self.class_names, len(calibration.thresholds))
         data = self.settings.get('args', {}).get('data')
         where = f"the {self.val_split} split ({results['eval']['num_samples']} images)" + \
             (f' of {data}' if data else '')

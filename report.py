@@ -8,7 +8,8 @@ def _prf(m):
     return '  '.join(f'{k} {m[k]:6.2f}' for k in ('OP', 'OR', 'OF1', 'CP', 'CR', 'CF1'))
 
 
-def _class_names(class_names, count):
+def class_names_or_indices(class_names, count):
+    """The classes' names: ``class_names``, or when None their indices '0', '1', ... (``count`` classes)."""
     return list(class_names) if class_names is not None else [str(i) for i in range(count)]
 
 
@@ -31,7 +32,8 @@ def format_summary(result, loss=None, label='val', class_names=None):
         f"  coverage error {result['coverage_error']:.4f}  LRAP {result['lrap']:.4f}  "
         f"ranking loss {result['ranking_loss']:.4f}",
     ]
-    missing = [name for name, ap in zip(_class_names(class_names, len(result['ap'])), result['ap']) if ap is None]
+    names = class_names_or_indices(class_names, len(result['ap']))
+    missing = [name for name, ap in zip(names, result['ap']) if ap is None]
     if missing:
         more = f' and {len(missing) - MAX_NAMES} more' if len(missing) > MAX_NAMES else ''
         lines.append(f"  no positive image: {', '.join(missing[:MAX_NAMES])}{more} (left out of mAP, CP and CR)")
@@ -41,7 +43,7 @@ def format_summary(result, loss=None, label='val', class_names=None):
 def format_class_ap(ap, class_names=None, title='per-class AP'):
     """The per-class AP table: ``title`` then one line per class, AP in percent (``ap``: fractions,
     None for a class without positive image, as :func:`metrics.evaluate` gives them)."""
-    names = _class_names(class_names, len(ap))
+    names = class_names_or_indices(class_names, len(ap))
     width = max(map(len, names), default=0)
     rows = [f"  {name:<{width}}  {'     -  no positive image' if value is None else f'{100 * value:6.2f}'}"
             for name, value in zip(names, ap)]

@@ -17,6 +17,7 @@ import torch
 
 from checkpoint import atomic_write
 from errors import SaveError, UsageError
+from report import class_names_or_indices
 
 CHECKPOINT_NAME = 'checkpoint.pth.tar'
 BEST_NAME = 'model_best.pth.tar'
@@ -110,21 +111,21 @@ class RunFolder:
         """Add one epoch's line to ``log.jsonl`` and redraw ``curves.png``. The log is rewritten, not
         appended to, so that a crash or a full disk half-way leaves the previous log whole (it holds
         one short line per epoch)."""
-        self._write_log(self.log() + [record])
-        self.plot_curves()
+        records = self.log() + [record]
+        self._write_log(records)
+        self.plot_curves(records)
 
     def _write_log(self, records):
         text = ''.join(json.dumps(r) + '\n' for r in records)
         self.write(LOG_NAME, lambda tmp: _write_text(tmp, text), size=len(text))
 
-    def plot_curves(self):
-        """Loss and mAP per epoch, train and validation (and the EMA's), from the log."""
+    def plot_curves(self, log):
+        """Loss and mAP per epoch, train and validation (and the EMA's), from the log's records."""
         import matplotlib
         matplotlib.use('Agg')  # files only, no display (servers, CI)
         import matplotlib.pyplot as plt
         from matplotlib.ticker import MaxNLocator
 
-        log = self.log()
         epochs = [r['epoch'] for r in log]
         fig, (ax_loss, ax_map) = plt.subplots(1, 2, figsize=(10, 4))
         for split in ('train', 'val', 'ema_val'):
@@ -204,7 +205,7 @@ def tensorboard_scalars(record, lr_names, val=None, ema_val=None, class_names=No
         sweep = result['official_sweep']
         scalars.update({f'{split}/{k}': v for k, v in result['fixed'].items()})
         scalars.update({f'{split}_sweep/{k}': v for k, v in sweep.items() if v is not None})
-        names = class_names or [str(i) for i in range(len(result['ap']))]
+        names = class_names_or_indices(class_names, len(result['ap']))
         scalars.update({f'{split}_ap/{name}': 100 * ap for name, ap in zip(names, result['ap']) if ap is not None})
     return scalars
 
@@ -270,9 +271,8 @@ def remove_run(path):
 def eval_record(result, class_names, **extra):
     """The eval JSON of :func:`metrics.evaluate`'s dict: every figure, plus the per-class AP table
     (percent, None without positive). ``class_names`` None: the class indices."""
-    class_names = class_names or [str(i) for i in range(len(result['ap']))]
-    per_class = [{'class': name, 'ap': None if ap is None else 100 * ap}
-                 for name, ap in zip(class_names, result['ap'])]
+    names = class_names_or_indices(class_names, len(result['ap']))
+    per_class = [{'class': name, 'ap': None if ap is None else 100 * ap} for name, ap in zip(names, result['ap'])]
     record = {k: v for k, v in result.items() if k != 'ap'}
     return dict(extra, **record, per_class_ap=per_class,
                 classes_without_positive=[r['class'] for r in per_class if r['ap'] is None])
