@@ -304,7 +304,7 @@ def get_predict_parser():
     parser.add_argument('--amp', default=None, action=argparse.BooleanOptionalAction,
                         help='mixed precision in --amp-dtype (default: on with CUDA, as in training)')
     parser.add_argument('--amp-dtype', default='float16', choices=list(AMP_DTYPES),
-                        help='float16 (default; CUDA only) or bfloat16')
+                        help='float16 (default; CUDA only) or bfloat16; giving it turns --amp on')
     parser.add_argument('--progress', default=None, action=argparse.BooleanOptionalAction,
                         help='progress bar (default: only when stderr is a terminal)')
     add_device_argument(parser)
@@ -455,6 +455,17 @@ def claim_save_dir(args):
         removed = run_folder.remove_run(folder)
         print(f'=> --overwrite: deleted the {len(removed)} files of the run in {folder} ({held})')
     distributed.barrier()
+
+
+def checked_amp(args, given, device):
+    """Whether autocast is on: ``--amp`` / ``--no-amp`` as given, else on when ``--amp-dtype`` is given
+    (which sets ``args.amp``) or on CUDA. float16 autocast needs CUDA: a UsageError elsewhere."""
+    if args.amp is None and 'amp_dtype' in given:
+        args.amp = True
+    amp = device.type == 'cuda' if args.amp is None else args.amp
+    if amp and args.amp_dtype == 'float16' and device.type != 'cuda':
+        raise UsageError('--amp in float16 needs CUDA; on the CPU use --amp-dtype bfloat16, or leave --amp out')
+    return amp
 
 
 def init_run(args, device):
@@ -609,10 +620,7 @@ def run(args, given, dataset):
     choose_save_dir(args, given, dataset)
     claim_save_dir(args)
     init_run(args, device)
-    if args.amp is None and 'amp_dtype' in given:
-        args.amp = True
-    if args.amp and args.amp_dtype == 'float16' and device.type != 'cuda':
-        raise UsageError('--amp in float16 needs CUDA; on the CPU use --amp-dtype bfloat16, or leave --amp out')
+    checked_amp(args, given, device)  # args.amp None stays None: the engine turns it on for CUDA
     fixed, stored = dataset.classes, settings.get('classes')   # fixed: None for your own data
     if fixed is not None and stored is not None and stored != list(fixed):
         raise CheckpointError(f"{args.resume}: the checkpoint's {len(stored)} classes ({', '.join(stored[:3])}, "

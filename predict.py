@@ -197,9 +197,7 @@ def predict(args, given):
         thresholds = [args.threshold] * len(classes)
     model.to(device)
     words = words.to(device)
-    amp = device.type == 'cuda' if args.amp is None else args.amp
-    if amp and args.amp_dtype == 'float16' and device.type != 'cuda':
-        raise UsageError('--amp in float16 needs CUDA; on the CPU use --amp-dtype bfloat16, or leave --amp out')
+    amp = cli.checked_amp(args, given, device)
     transform = eval_transform(args.image_size, model.image_normalization_mean, model.image_normalization_std)
     loader = DataLoader(ImageFiles(paths, transform), batch_size=args.batch_size, num_workers=args.workers,
                         collate_fn=collate, pin_memory=device.type == 'cuda')

@@ -187,6 +187,18 @@ def test_bad_thresholds_are_one_line(ours, argv, message, capsys):
     assert re.fullmatch(f'error: {message}.*\n', capsys.readouterr().err)
 
 
+def test_amp_dtype_turns_autocast_on_as_in_training(ours, tmp_path, capsys):
+    image = ours[4][0]
+    assert run_ours(ours, image, '--amp-dtype', 'float16') == 2
+    assert capsys.readouterr().err == ('error: --amp in float16 needs CUDA; on the CPU use --amp-dtype bfloat16, '
+                                       'or leave --amp out\n')
+    assert run_ours(ours, image, '--out', tmp_path / 'f32.csv') == 0
+    assert run_ours(ours, image, '--amp-dtype', 'bfloat16', '--out', tmp_path / 'bf16.csv') == 0
+    (_, f32), (_, bf16) = read_csv(tmp_path / 'f32.csv'), read_csv(tmp_path / 'bf16.csv')
+    f32, bf16 = (np.array(rows[0][2:], dtype=float) for rows in (f32, bf16))
+    assert 0 < np.abs(f32 - bf16).max() < 0.05   # autocast on: bfloat16 rounding, and no more
+
+
 def test_missing_or_empty_inputs_are_one_line(ours, tmp_path, capsys):
     assert run_ours(ours, tmp_path / 'nope.jpg') == 2
     assert capsys.readouterr().err == f"error: {tmp_path / 'nope.jpg'}: no such image or folder; check the path (a " \
