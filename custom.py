@@ -147,13 +147,17 @@ def read_rows(root, split):
     return path, entries
 
 
+def _labels_fix(name):
+    """What to write instead of a label that holds commas: 'separate labels with "|" (a|b)'."""
+    return f'separate labels with "{SEPARATOR}" ({SEPARATOR.join(part.strip() for part in name.split(","))})'
+
+
 def _check_class_name(name, path, lineno, folded, kind):
     """Raise DatasetError if ``name``, a ``kind`` ('class' or 'label') on line ``lineno`` of ``path``,
     holds a comma or differs only in case from a name of ``folded`` ({case-folded name: (name, line)});
     else add it there."""
     if ',' in name:
-        fix = ('list one class per line' if kind == 'class' else
-               f'separate labels with "{SEPARATOR}" ({SEPARATOR.join(part.strip() for part in name.split(","))})')
+        fix = 'list one class per line' if kind == 'class' else _labels_fix(name)
         raise DatasetError(f'{path}:{lineno}: {kind} {name!r} holds a comma; {fix}: a class name cannot hold a comma')
     other, line = folded.setdefault(name.casefold(), (name, lineno))
     if other != name:
@@ -208,8 +212,7 @@ def read_samples(root, split, classes=None):
 def _not_a_class(name, classes, not_a_class):
     """Why label ``name`` is not one of ``classes`` and what to change."""
     if ',' in name:
-        parts = SEPARATOR.join(part.strip() for part in name.split(','))
-        return f'{not_a_class}; separate labels with "{SEPARATOR}" ({parts}): a class name cannot hold a comma'
+        return f'{not_a_class}; {_labels_fix(name)}: a class name cannot hold a comma'
     same = [c for c in classes if c.casefold() == name.casefold()]
     if same:
         return f'{not_a_class}; class {same[0]!r} differs only in case: unify the spelling'
