@@ -72,8 +72,7 @@ def official_checkpoint(path, num_classes, pool_ratio, backbone, graph):
 
 def custom_argv(root, save_dir, *extra):
     """A one-epoch run of demo_custom_gcn.py on ``root``, small and on the CPU."""
-    return [str(root), '--backbone', 'resnet18', '--pretrained', '0', '--image-size', '64', '-b', '8', '-j', '0',
-            '--device', 'cpu', '--seed', '0', '--epochs', '1', '--save-dir', str(save_dir), *map(str, extra)]
+    return [str(root), *QUICK, '-b', '8', '--seed', '0', '--epochs', '1', '--save-dir', str(save_dir), *map(str, extra)]
 
 
 def run_demo(demo, argv):

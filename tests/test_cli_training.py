@@ -18,17 +18,16 @@ import demo_coco_gcn
 import demo_nuswide_gcn
 import demo_voc2007_gcn
 import metrics
-from tests.helpers import REFERENCE, REPO, file_identity, meta_model
+from tests.helpers import QUICK, REFERENCE, REPO, file_identity, meta_model
 
 CHECKPOINT, BEST = 'checkpoint.pth.tar', 'model_best.pth.tar'
 FORCED_MAPS = [50.0, 70.0, 60.0, math.nan]  # validation mAPs of epochs 1-4: epoch 2 is the best
 
 
 def train_argv(info, save_dir, *extra):
-    """A tiny CPU run: ResNet-18 from scratch, 64 px, batches of 8, no loader workers."""
-    return [info['root'], '-graph_file', info['graph_file'], '-word_file', info['word_file'], '--backbone',
-            'resnet18', '--pretrained', '0', '--image-size', '64', '-b', '8', '-j', '0', '--device', 'cpu',
-            '--seed', '0', '--save-dir', str(save_dir), '--no-download', *extra]
+    """A tiny CPU run (QUICK: ResNet-18 from scratch, 64 px, no loader workers), batches of 8."""
+    return [info['root'], '-graph_file', info['graph_file'], '-word_file', info['word_file'], *QUICK, '-b', '8',
+            '--seed', '0', '--save-dir', str(save_dir), *extra]
 
 
 def load(path):

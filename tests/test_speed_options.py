@@ -10,7 +10,7 @@ from torch._dynamo.backends.common import aot_autograd
 
 import demo_custom_gcn
 import models
-from tests.helpers import custom_argv, random_graph
+from tests.helpers import custom_argv, small_model
 from tests.toy import ToyDataset, ToyMSRN, make_engine, make_optimizer
 from util import seed_everything
 
@@ -50,11 +50,6 @@ def fresh_compile(monkeypatch):
     monkeypatch.setattr(models, '_backward_compiled', False)
 
 
-def small_msrn():
-    torch.manual_seed(0)
-    return models.MSRN(5, 0.4, 'resnet18', random_graph(5)).eval()
-
-
 def test_compiled_trunk_gives_the_eager_features_and_each_copy_its_own(fresh_compile, monkeypatch):
     """Compiled (here with the 'eager' backend, to stay fast): the same features as the eager trunk,
     and a copy of the model with other weights (the EMA) computes with its own weights."""
@@ -65,8 +60,8 @@ def test_compiled_trunk_gives_the_eager_features_and_each_copy_its_own(fresh_com
         calls.append(fn)
         return real(fn, backend='eager')
     monkeypatch.setattr(torch, 'compile', compile_)
-    model, image = small_msrn(), torch.randn(2, 3, 64, 64)
-    copy = small_msrn()
+    model, image = small_model().eval(), torch.randn(2, 3, 64, 64)
+    copy = small_model().eval()
     with torch.no_grad():
         for p in copy.parameters():
             p.add_(0.01)
@@ -85,7 +80,7 @@ def test_a_compile_failure_is_one_warning_and_eager_mode(fresh_compile, monkeypa
             raise RuntimeError('no C compiler found\nmore detail')
         return run
     monkeypatch.setattr(torch, 'compile', broken)
-    model = small_msrn().train()
+    model = small_model().eval().train()
     model.compile_trunk = True
     words = torch.randn(2, 5, 300)
     for _ in range(2):   # a training step, twice: one warning only
@@ -102,7 +97,7 @@ def test_a_failure_to_compile_the_backward_is_one_warning_and_eager_mode(fresh_c
         raise RuntimeError('backward not supported')
     backend = aot_autograd(fw_compiler=lambda graph, example_inputs: graph, bw_compiler=no_backward)
     monkeypatch.setattr(torch, 'compile', functools.partial(torch.compile, backend=backend))
-    eager, model = small_msrn().train(), small_msrn().train()
+    eager, model = small_model().eval().train(), small_model().eval().train()
     model.compile_trunk = True
     words, images = torch.randn(2, 5, 300), torch.randn(2, 3, 64, 64)
     logits, group_loss = model(images, words)
