@@ -18,7 +18,7 @@ import random
 import numpy as np
 
 import label_files
-from dataset_base import MultiLabelDataset
+from dataset_base import DatasetSpec, MultiLabelDataset
 from errors import DatasetError
 
 COLOURS = ['black', 'blue', 'brown', 'green', 'red', 'white']
@@ -96,3 +96,16 @@ class ApparelClassification(MultiLabelDataset):
         super().__init__(read_samples(root, set, image_label, download), CLASSES, dataset='apparel', source=source,
                          description=f'Apparel {set}', inp_name=inp_name, transform=transform,
                          target_transform=target_transform, download=download, skip_corrupt=skip_corrupt)
+
+
+DATASET = DatasetSpec(
+    name='apparel',
+    title='Apparel (Kaggle apparel-images-dataset)',
+    layout='holds the <colour>_<garment>/ folders, or all images with --image-label',
+    loader=ApparelClassification,
+    classes=CLASSES,
+    splits=('train', 'val'),
+    pool_ratio=0.2,
+    save_dir='checkpoint/apparel',
+    loader_flags=('image_label',),
+)

@@ -1,9 +1,10 @@
-"""Checkpoint files: reading them strictly, writing them atomically, and ImageNet trunk weights.
+"""Checkpoint files: their contents (written and read back here), reading them strictly, writing
+them atomically, and ImageNet trunk weights.
 
 A checkpoint is a dict with the official keys, which the official code reads too: ``epoch``
 (completed epochs), ``arch``, ``state_dict`` (bare model, no ``module.`` prefix), ``best_score``
 (best mAP in percent). Ours add the run's settings, so that evaluation, resume and prediction
-need nothing else: ``args`` (the command-line settings), ``classes`` (class names), ``adj`` and
+need nothing else (``RunSettings``): ``args`` (the recipe's flags), ``classes`` (class names), ``adj`` and
 ``nums`` (the label graph's counts), ``word_vectors`` [C, 300]. ``checkpoint.pth.tar`` also holds
 what an exact resume needs: ``optimizer``, ``scaler`` (GradScaler), ``rng`` (Python, numpy, torch
 and CUDA generators of every process), ``ema`` (the weight average, when on).
@@ -14,6 +15,8 @@ plain containers, so ``torch.load(weights_only=True)`` reads it.
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
@@ -26,6 +29,7 @@ from errors import CheckpointError
 # checkpoints differ from the later layout in these dead parameters only.
 FIRST_RELEASE_EXTRA = {'ProjectMs.weight': (512, 512), 'ProjectMs.bias': (512,)}
 FIRST_RELEASE_MISSING = ('W', 'B')
+GRAPH_KEYS = ('adj', 'nums')  # the label graph, under the keys of the official label files
 
 REPO_DIR = os.path.dirname(os.path.abspath(__file__))
 IMAGENET_URLS = {  # the files the official code was trained from
@@ -132,31 +136,48 @@ def load_matching(model, source):
     return loaded, [k for k in expected if k not in loaded]
 
 
-def stored_settings(checkpoint):
-    """What our checkpoints carry beside the weights (released ones have none of it):
-    'args' (dict), 'classes' (list), 'graph' ({'adj', 'nums'} float64 arrays), 'word_vectors'
-    (float32 [C, 300]); absent entries are left out."""
-    settings = {}
-    if isinstance(checkpoint.get('args'), Mapping):
-        settings['args'] = dict(checkpoint['args'])
-    if isinstance(checkpoint.get('classes'), (list, tuple)):
-        settings['classes'] = [str(name) for name in checkpoint['classes']]
-    if torch.is_tensor(checkpoint.get('adj')) and torch.is_tensor(checkpoint.get('nums')):
-        settings['graph'] = {k: checkpoint[k].double().numpy() for k in ('adj', 'nums')}
-    if torch.is_tensor(checkpoint.get('word_vectors')):
-        settings['word_vectors'] = checkpoint['word_vectors'].float().numpy()
-    return settings
+@dataclass
+class RunSettings:
+    """What our checkpoints carry beside the weights, so that evaluation, resume and prediction need
+    nothing else; released checkpoints carry none of it (every field None). ``entries`` writes
+    them and ``read`` reads them back, under the same keys."""
+    args: Optional[dict] = None      # 'args': the recipe's flags {name: value}
+    classes: Optional[list] = None   # 'classes': the class names
+    graph: Optional[dict] = None     # 'adj', 'nums': the label graph's counts, under the label files' keys
+    word_vectors: Optional[np.ndarray] = None  # 'word_vectors': float32 (C, 300)
+
+    def entries(self):
+        """The checkpoint entries (those that are set)."""
+        entries = {}
+        if self.args is not None:
+            entries['args'] = _plain(self.args)
+        if self.classes is not None:
+            entries['classes'] = list(self.classes)
+        if self.graph is not None:
+            entries.update({k: torch.as_tensor(np.asarray(self.graph[k], np.float64)) for k in GRAPH_KEYS})
+        if self.word_vectors is not None:
+            entries['word_vectors'] = torch.as_tensor(np.asarray(self.word_vectors, np.float32))
+        return entries
+
+    @classmethod
+    def read(cls, checkpoint):
+        """The settings a checkpoint dict carries (what it lacks stays None)."""
+        settings = cls()
+        if isinstance(checkpoint.get('args'), Mapping):
+            settings.args = dict(checkpoint['args'])
+        if isinstance(checkpoint.get('classes'), (list, tuple)):
+            settings.classes = [str(name) for name in checkpoint['classes']]
+        if all(torch.is_tensor(checkpoint.get(k)) for k in GRAPH_KEYS):
+            settings.graph = {k: checkpoint[k].double().numpy() for k in GRAPH_KEYS}
+        if torch.is_tensor(checkpoint.get('word_vectors')):
+            settings.word_vectors = checkpoint['word_vectors'].float().numpy()
+        return settings
 
 
-def settings_entries(args=None, classes=None, graph=None, word_vectors=None):
-    """The checkpoint entries that :func:`stored_settings` reads back (None: left out)."""
-    entries = {'args': _plain(args) if args is not None else None,
-               'classes': list(classes) if classes is not None else None,
-               'word_vectors': torch.as_tensor(np.asarray(word_vectors, np.float32))
-               if word_vectors is not None else None}
-    if graph is not None:
-        entries.update({k: torch.as_tensor(np.asarray(graph[k], np.float64)) for k in ('adj', 'nums')})
-    return {k: v for k, v in entries.items() if v is not None}
+def checkpoint_backbone(checkpoint):
+    """The trunk a checkpoint says it was made with (ours: 'args', older ones: 'arch'), or None."""
+    stored = checkpoint.get('args')
+    return stored.get('backbone', checkpoint.get('arch')) if isinstance(stored, Mapping) else checkpoint.get('arch')
 
 
 def _plain(obj):
@@ -166,6 +187,65 @@ def _plain(obj):
     if isinstance(obj, (list, tuple)):
         return [_plain(v) for v in obj]
     return obj if obj is None or isinstance(obj, (bool, int, float, str)) else str(obj)
+
+
+# ---- the training state: written after every epoch, read by a resume ---------------------------
+
+def _official(epoch, state_dict, best_score, settings):
+    # 'arch' is a key of the official checkpoint format, which the official code reads: we write the
+    # backbone there (nothing here reads it but checkpoint_backbone, for checkpoints without 'args')
+    return {'epoch': epoch, 'arch': (settings.args or {}).get('backbone'), 'state_dict': state_dict,
+            'best_score': best_score}
+
+
+def training_checkpoint(epoch, state_dict, best_score, settings, *, optimizer, scaler, rng, ema=None):
+    """``checkpoint.pth.tar``'s dict: everything an exact resume needs (``restore_training``,
+    ``rng_state_of_rank``). ``settings``: the run's ``RunSettings``; ``rng``: every process's
+    ``util.get_rng_state()``; ``ema``: the weight average's state_dict, when on."""
+    state = {**_official(epoch, state_dict, best_score, settings), **settings.entries(), 'optimizer': optimizer,
+             'scaler': scaler, 'rng': rng}
+    if ema is not None:
+        state['ema'] = ema
+    return state
+
+
+def best_checkpoint(epoch, state_dict, best_score, settings, best_weights):
+    """``model_best.pth.tar``'s dict: the weights that scored best (``best_weights``: 'model' or
+    'ema', which they are) with the settings, without the training state."""
+    return {**_official(epoch, state_dict, best_score, settings), **settings.entries(), 'best_weights': best_weights}
+
+
+def restore_training(checkpoint, optimizer, scaler, ema=None):
+    """Optimizer, GradScaler and weight-average state of a ``training_checkpoint``; a released
+    checkpoint has none. The optimizer's hyper-parameters (base lr, momentum, weight decay) stay
+    those given now."""
+    if 'optimizer' not in checkpoint:
+        print('=> checkpoint has no optimizer state (a released checkpoint?): momentum restarts from zero')
+    else:
+        given = [{k: v for k, v in g.items() if k != 'params'} for g in optimizer.param_groups]
+        try:
+            optimizer.load_state_dict(checkpoint['optimizer'])
+        except (ValueError, KeyError) as e:
+            raise CheckpointError(f'checkpoint optimizer state does not fit the optimizer ({e}); '
+                                  'resume with the settings it was trained with') from e
+        for group, hyper in zip(optimizer.param_groups, given):
+            group.update(hyper)
+    if checkpoint.get('scaler') and scaler.is_enabled():
+        scaler.load_state_dict(checkpoint['scaler'])
+    if ema is not None:
+        if 'ema' in checkpoint:
+            ema.module.load_state_dict(checkpoint['ema'])
+        else:
+            print('=> checkpoint has no weight average: the EMA starts from the loaded weights')
+
+
+def rng_state_of_rank(checkpoint, rank, world_size):
+    """This process's random-generator states in a ``training_checkpoint`` (rank 0's when the
+    process count changed), or None."""
+    rng = (checkpoint or {}).get('rng')
+    if not rng:
+        return None
+    return rng[rank] if len(rng) == world_size else rng[0]
 
 
 # ---- writing ------------------------------------------------------------------------------------

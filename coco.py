@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from dataset_base import MultiLabelDataset, cache_is_fresh, source_digests, write_cache
+from dataset_base import DatasetSpec, MultiLabelDataset, cache_is_fresh, source_digests, write_cache
 from download import Archive, download_and_extract
 from errors import DatasetError
 
@@ -144,3 +144,17 @@ class COCO2014(MultiLabelDataset):
                          source=annotation_file(root, phase), description=f'COCO 2014 {phase}',
                          inp_name=inp_name, transform=transform, target_transform=target_transform,
                          download=download, skip_corrupt=skip_corrupt)
+
+
+DATASET = DatasetSpec(
+    name='coco',
+    title='MS-COCO 2014',
+    layout='holds train2014/, val2014/, annotations/; downloaded there when missing',
+    loader=lambda root, split, **options: COCO2014(root, phase=split, **options),
+    classes=CLASSES,
+    splits=('train', 'val'),
+    pool_ratio=0.05,
+    image_size=448,  # the official COCO script's defaults
+    workers=24,
+    save_dir='checkpoint/coco',
+)

@@ -26,7 +26,7 @@ import numpy as np
 import distributed
 import label_files
 import nuswide
-from dataset_base import MultiLabelDataset, missing_paths
+from dataset_base import DatasetSpec, MultiLabelDataset, missing_paths
 from errors import DatasetError
 from run_folder import GRAPH_NAME, RunFolder
 
@@ -300,3 +300,15 @@ def build_label_graph(train_set, save_dir):
     print(f'[graph] no -graph_file: built the label graph from the {len(train_set)} images of {train_set.source} '
           f'({int(graph["adj"].sum()) // 2} co-occurring label pairs), saved to {path}')
     return graph
+
+
+DATASET = DatasetSpec(
+    name='custom',
+    title='your own data (train.csv and val.csv, see docs/datasets.md)',
+    layout='holds train.csv and val.csv (header filepath,labels; labels separated by |), optionally classes.txt',
+    loader=CustomClassification,
+    splits=('train', 'val'),
+    pool_ratio=0.2,
+    save_dir='checkpoint/custom',
+    build_graph=build_label_graph,  # no official label files: the graph is built from train.csv
+)

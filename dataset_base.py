@@ -1,4 +1,5 @@
-"""What the four dataset loaders share: the item format, word vectors and image checks.
+"""What the dataset loaders share: the description a demo script runs (``DatasetSpec``), the item
+format, word vectors and image checks.
 
 A loader parses its annotation format into samples ``(image path, name, target)`` with targets
 in {1, 0, -1} (0 = difficult, VOC only) and hands them to ``MultiLabelDataset``, which serves
@@ -7,6 +8,8 @@ in {1, 0, -1} (0 = difficult, VOC only) and hands them to ``MultiLabelDataset``,
 import concurrent.futures
 import json
 import os
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -18,6 +21,25 @@ import label_files
 from checkpoint import atomic_write
 from download import sha256sum
 from errors import DatasetError
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A dataset as the demo scripts run it: each loader module defines its ``DATASET``."""
+    name: str              # short name: official files under data/<name>/, messages
+    title: str             # the dataset's name in --help
+    layout: str            # what the DIR argument holds, for --help
+    loader: Callable       # loader(root, split, inp_name=, download=, skip_corrupt=[, classes=][, loader flags])
+    splits: tuple          # (training split, evaluated split), as the loader names them
+    pool_ratio: float      # default --pool_ratio (label groups K = int(pool_ratio x classes))
+    save_dir: str          # default --save-dir, relative to the repository
+    classes: Optional[Sequence[str]] = None  # the fixed class names; None: they come from the data
+    image_size: Optional[int] = None  # default --image-size when the official script's differs from the loop's
+    workers: Optional[int] = None     # default -j when the official script's differs from the loop's
+    loader_flags: tuple = ()  # the extra loader flags this dataset takes (keys of cli.LOADER_FLAGS)
+    # a dataset without official label files: builds the label graph from its training split,
+    # build_graph(train_set, save_dir) -> {'adj', 'nums'}, and its word vectors fall back
+    build_graph: Optional[Callable] = None
 
 
 def one_line(e):

@@ -1,19 +1,8 @@
 """Train or evaluate MSRN on your own data (flags: python demo_custom_gcn.py --help)."""
 import sys
 
-from cli import DatasetSpec, main
-from custom import CustomClassification, build_label_graph
-
-DATASET = DatasetSpec(
-    name='custom',
-    title='your own data (train.csv and val.csv, see docs/datasets.md)',
-    layout='holds train.csv and val.csv (header filepath,labels; labels separated by |), optionally classes.txt',
-    loader=CustomClassification,
-    splits=('train', 'val'),
-    pool_ratio=0.2,
-    save_dir='checkpoint/custom',
-    build_graph=build_label_graph,  # no official label files: the graph is built from train.csv
-)
+from custom import DATASET
+from run import main
 
 if __name__ == '__main__':
     sys.exit(main(DATASET))

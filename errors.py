@@ -1,10 +1,14 @@
 """The project's own errors: bad input that the user can fix, reported as one line without a traceback.
 
-Every error here derives from ``MSRNError``; the entry scripts (``cli.guarded``) print ``e.line``
+Every error here derives from ``MSRNError``; the entry scripts (``guarded``) print ``e.line``
 after ``error:`` and exit with code 2. Anything else is a bug or a library fault and keeps its
 full traceback.
 """
 import re
+import sys
+import traceback
+
+import torch
 
 
 class MSRNError(Exception):
@@ -42,3 +46,22 @@ class NonFiniteLossError(MSRNError, RuntimeError):
 
 class NonFiniteOutputError(MSRNError, RuntimeError):
     """The model gave NaN or infinite scores on evaluation images."""
+
+
+def guarded(action, *args):
+    """Run ``action(*args)`` for an entry script; returns its exit code. Bad input (the project's own
+    errors) becomes one line on stderr and exit code 2; anything else is a bug and keeps its
+    traceback (exit code 1)."""
+    try:
+        action(*args)
+        return 0
+    except MSRNError as e:
+        print(f'error: {e.line}', file=sys.stderr, flush=True)
+        return 2
+    except torch.cuda.OutOfMemoryError:
+        traceback.print_exc()
+        print('hint: the GPU ran out of memory; try a smaller --batch-size (-b) or --image-size', file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print('interrupted', file=sys.stderr)
+        return 130

@@ -1,6 +1,6 @@
 """MSRN as an ONNX model: images in, logits out, for inference without this repository.
 
-    python export.py --resume CKPT --onnx model.onnx [--image-size N] [--device cpu]   (flags: cli.get_export_parser)
+    python export.py --resume CKPT --onnx model.onnx [--image-size N] [--device cpu]   (flags: get_parser)
 
 The label graph and the word vectors are constants of a trained model, so the label semantics
 (``MSRN.label_semantics``: C label and K group vectors) are computed once here and stored in the
@@ -24,8 +24,9 @@ import torch.nn as nn
 import checkpoint as ckpt
 import cli
 import distributed
-from errors import NonFiniteOutputError, UsageError
+from errors import NonFiniteOutputError, UsageError, guarded
 from models import MIN_IMAGE_SIZE, WORD_DIM
+from run import build_trained_model
 
 DEFAULT_OPSET = 17
 OPSETS = range(11, 21)   # what the TorchScript exporter writes for this graph (tried: 11 to 20)
@@ -150,9 +151,9 @@ def check_onnx(path, model, word_vectors, image_size, batch_sizes=(1, 3), seed=0
 
 # ---- the command line ---------------------------------------------------------------------------
 
-def export_checkpoint(args, given):
+def export_checkpoint(args, given, recipe):
     device = distributed.init_distributed_mode(args.device)  # one process: just picks the device
-    model, words, classes = cli.build_trained_model(args, given, ckpt.read_checkpoint(args.resume))
+    model, words, classes = build_trained_model(args, given, ckpt.read_checkpoint(args.resume), recipe)
     model.to(device)
     export_onnx(model, words, args.onnx, args.image_size, classes, model.image_normalization_mean,
                 model.image_normalization_std, opset=args.opset)
@@ -161,9 +162,22 @@ def export_checkpoint(args, given):
           f'images, largest logit difference: {difference:.2e}')
 
 
+def get_parser():
+    """export.py's flags."""
+    parser = cli.ArgumentParser(description='MSRN as an ONNX model: images in, logits out, for inference without '
+                                            'this repository.')
+    parser.add_argument('--resume', required=True, metavar='CKPT', help='checkpoint (ours or a released one)')
+    parser.add_argument('--onnx', required=True, metavar='PATH', help='ONNX file to write')
+    invocation = cli.add_trained_model_arguments(parser)
+    invocation.add_argument('--opset', default=DEFAULT_OPSET, type=int, metavar='V',
+                            help=f'ONNX opset version (default: {DEFAULT_OPSET})')
+    return parser
+
+
 def main(argv=None):
-    args, given = cli.parse_args(cli.get_export_parser(), argv)
-    return cli.guarded(export_checkpoint, args, given)
+    parser = get_parser()
+    args, given = cli.parse_args(parser, argv)
+    return guarded(export_checkpoint, args, given, cli.recipe_names(parser))
 
 
 if __name__ == '__main__':

@@ -1,5 +1,7 @@
 """Classification losses on logits [B, C] and targets {0, 1} [B, C]; MSRN's group loss is added
 by the engine. ``build_loss`` maps the ``--loss`` names to them."""
+import inspect
+
 import torch
 import torch.nn as nn
 
@@ -35,12 +37,15 @@ class AsymmetricLoss(nn.Module):
 
 
 LOSSES = ('multilabel-soft-margin', 'asl')
+ASL_DEFAULTS = {name: parameter.default for name, parameter in
+                inspect.signature(AsymmetricLoss).parameters.items() if name != 'eps'}
 
 
-def build_loss(name, gamma_neg=4.0, gamma_pos=0.0, clip=0.05, eps=1e-8):
-    """The classification loss called ``name`` (one of ``LOSSES``)."""
+def build_loss(name, **asl):
+    """The classification loss called ``name`` (one of ``LOSSES``); ``asl``: AsymmetricLoss's
+    gamma_neg, gamma_pos and clip."""
     if name == 'multilabel-soft-margin':
         return nn.MultiLabelSoftMarginLoss()   # the official loss
     if name == 'asl':
-        return AsymmetricLoss(gamma_neg, gamma_pos, clip, eps)
+        return AsymmetricLoss(**asl)
     raise ValueError(f'unknown loss {name!r}; choose one of {", ".join(LOSSES)}')

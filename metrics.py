@@ -61,8 +61,9 @@ def _descending_order(scores):
 def average_precision(scores, targets, difficult_examples=True):
     """Per-class AP (float64 [C], in [0, 1], NaN for a class without positive), all classes at once.
 
-    Equal to :func:`average_precision_loop` bit for bit: same order, float64 divisions of the
-    same counts, and the same sequential sum of the precisions at the positives.
+    Equal bit for bit to the official meter's plain loop (``tests/reference.py``,
+    ``average_precision_loop``): same order, float64 divisions of the same counts, and the same
+    sequential sum of the precisions at the positives.
     """
     scores, targets = _as_tensors(scores, targets)
     n, c = scores.shape
@@ -82,27 +83,6 @@ def average_precision(scores, targets, difficult_examples=True):
         # accumulate, not sum: numpy's sum is pairwise, the loop's is sequential
         ap[k] = np.add.accumulate(precisions[ends[k] - n_pos[k]:ends[k]])[-1] / n_pos[k]
     return torch.from_numpy(ap)
-
-
-def average_precision_loop(scores, targets, difficult_examples=True):
-    """Plain-loop reference of :func:`average_precision`, element by element on tensors as the
-    official meter does but with a stable sort; for tests and ``bench/metrics.py`` (slow on COCO)."""
-    scores, targets = _as_tensors(scores, targets)
-    ap = torch.full((scores.shape[1],), float('nan'), dtype=torch.float64)
-    for k in range(scores.shape[1]):
-        order = torch.sort(scores[:, k], descending=True, stable=True).indices
-        positives, counted, total = 0.0, 0.0, 0.0
-        for i in order:
-            label = targets[i, k]
-            if difficult_examples and label == 0:
-                continue
-            counted += 1
-            if label == 1:
-                positives += 1
-                total += positives / counted
-        if positives:
-            ap[k] = total / positives
-    return ap
 
 
 def mean_average_precision(ap):

@@ -7,7 +7,6 @@ Shape legend: B batch, C classes, K global nodes (label groups), N nodes attende
 or C+K), D = 512 label dimension, E = 300 word-vector dimension, P = H·W feature positions.
 """
 import sys
-from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -19,7 +18,6 @@ from attention import ATTENTIONS
 import torchvision
 
 from errors import UsageError
-from label_files import load_adjacency
 
 LABEL_DIM = 512
 WORD_DIM = 300
@@ -29,6 +27,7 @@ GRAPH_REWEIGHT = 0.25   # p: weight given to neighbours against the self loop
 GROUP_LOSS_WEIGHT = 1e-4
 MIN_IMAGE_SIZE = 33     # layer4 output is ceil(H / 32) and must be >= 2 for the final 2×2 max-pool
 
+DEFAULT_BACKBONE = 'resnet101'  # the paper's
 RESNET_LAYOUTS = {
     'resnet18': (torchvision.models.resnet.BasicBlock, [2, 2, 2, 2]),
     'resnet34': (torchvision.models.resnet.BasicBlock, [3, 4, 6, 3]),
@@ -44,10 +43,10 @@ RESNET_LAYOUTS = {
 class PyramidResNet(torchvision.models.ResNet):
     """torchvision ResNet (same keys, no fc) returning three max-pooled feature maps."""
 
-    def __init__(self, model_name='resnet101'):
-        if model_name not in RESNET_LAYOUTS:
-            raise ValueError(f'unknown backbone {model_name!r}; choose one of {", ".join(RESNET_LAYOUTS)}')
-        block, layers = RESNET_LAYOUTS[model_name]
+    def __init__(self, backbone=DEFAULT_BACKBONE):
+        if backbone not in RESNET_LAYOUTS:
+            raise ValueError(f'unknown backbone {backbone!r}; choose one of {", ".join(RESNET_LAYOUTS)}')
+        block, layers = RESNET_LAYOUTS[backbone]
         super().__init__(block, layers)
         del self.fc, self.avgpool
         c1, c2, c3, c4 = (width * block.expansion for width in (64, 128, 256, 512))
@@ -162,13 +161,15 @@ class GroupEmbed(nn.Module):
 class MSRN(nn.Module):
     """MSRN (official name ``MSGDN``): forward(img, inp) -> (logits (B, C), group_loss ())."""
 
-    def __init__(self, num_classes, pool_ratio, model_name, adj_file, attention='auto'):
-        """adj_file: path of the graph file, or a mapping with 'adj' (C, C) and 'nums' (C,) counts.
+    def __init__(self, num_classes, pool_ratio, backbone, graph, attention='auto', compile_trunk=False):
+        """backbone: the trunk's name (a key of RESNET_LAYOUTS). graph: the label co-occurrence
+        counts {'adj': (C, C), 'nums': (C,)} (``label_files.load_adjacency`` reads them from a file).
 
         attention: how the label-guided attention is computed (``attention.py``): 'auto' (default:
         the fused Triton kernels on CUDA once they pass a check in this process, the chunked PyTorch
         code otherwise), 'fused' (the kernels or an error), 'chunked', or 'plain' (the official
-        formula and its (B, P, N, D) memory).
+        formula and its (B, P, N, D) memory). compile_trunk: run the trunk through torch.compile
+        (``features``).
         """
         super().__init__()
         self.num_classes = num_classes
@@ -179,11 +180,11 @@ class MSRN(nn.Module):
         if attention not in ATTENTIONS:
             raise ValueError(f'unknown attention {attention!r}; choose one of {", ".join(ATTENTIONS)}')
         self.attention = ATTENTIONS[attention]
-        self.compile_trunk = False  # set to run the trunk through torch.compile (see features)
+        self.compile_trunk = compile_trunk
         self.image_normalization_mean = [0.485, 0.456, 0.406]
         self.image_normalization_std = [0.229, 0.224, 0.225]
 
-        self.resnet_101 = PyramidResNet(model_name)  # official key name, whatever the depth
+        self.resnet_101 = PyramidResNet(backbone)  # official key name, whatever the depth
         self.label_embed = LabelEmbed(256)
         self.group_embed = GroupEmbed(self.num_node)
         self.ProjectM = nn.ModuleList(nn.Conv2d(c, LABEL_DIM, 1) for c in self.resnet_101.out_channels)
@@ -197,7 +198,9 @@ class MSRN(nn.Module):
         nn.init.uniform_(self.W, -bound, bound)
         nn.init.uniform_(self.B, -bound, bound)
 
-        graph = _read_graph(adj_file, num_classes)
+        if np.shape(graph['adj']) != (num_classes, num_classes) or np.shape(graph['nums']) != (num_classes,):
+            raise ValueError(f"the label graph has shapes {list(np.shape(graph['adj']))} and "
+                             f"{list(np.shape(graph['nums']))}, expected [{num_classes}, {num_classes}] and [{num_classes}]")
         _, adj = label_graph(graph['adj'], graph['nums'])
         self.register_buffer('adj_mask', adj > 0, persistent=False)   # (C, C) the layers' edges
 
@@ -307,8 +310,3 @@ def _compile_backward(trunk, features):
         torch.autograd.grad(sum(f.float().sum() for f in features), params, retain_graph=True, allow_unused=True)
     _backward_compiled = True
 
-
-def _read_graph(adj_file, num_classes):
-    if isinstance(adj_file, Mapping):
-        return {key: np.asarray(adj_file[key]) for key in ('adj', 'nums')}
-    return load_adjacency(adj_file, num_classes)

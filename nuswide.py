@@ -11,7 +11,7 @@ import re
 
 import numpy as np
 
-from dataset_base import MultiLabelDataset
+from dataset_base import DatasetSpec, MultiLabelDataset
 from errors import DatasetError
 
 CLASSES = ['clouds', 'sky', 'person', 'street', 'window', 'tattoo', 'wedding', 'animal', 'cat', 'buildings',
@@ -81,3 +81,15 @@ class NusWideClassification(MultiLabelDataset):
         super().__init__(read_samples(root, set), CLASSES, dataset='nuswide', source=os.path.join(root, CSV_NAME),
                          description=f'NUS-WIDE {set}', inp_name=inp_name, transform=transform,
                          target_transform=target_transform, download=download, skip_corrupt=skip_corrupt)
+
+
+DATASET = DatasetSpec(
+    name='nuswide',
+    title='NUS-WIDE (the ASL csv distribution)',
+    layout='holds nus_wid_data.csv and the images it lists',
+    loader=NusWideClassification,
+    classes=CLASSES,
+    splits=('train', 'val'),
+    pool_ratio=0.05,
+    save_dir='checkpoint/nuswide',
+)

@@ -5,9 +5,9 @@
 PATH: an image file, a folder (searched recursively for the image types PIL reads), or ``@LIST``,
 a text file with one image path per line (relative paths are relative to the list's folder). A
 checkpoint of ours brings everything else (class names, label graph, word vectors, backbone, pool
-ratio, image size); a released one gets its dataset's (cli.build_trained_model). Scores are
+ratio, image size); a released one gets its dataset's (run.build_trained_model). Scores are
 probabilities, the sigmoid of the logits. An image that cannot be read is skipped with one warning
-line. Flags: cli.get_predict_parser (``python predict.py --help``).
+line. Flags: ``get_parser`` (``python predict.py --help``).
 """
 import csv
 import os
@@ -27,7 +27,9 @@ import distributed
 import metrics
 from checkpoint import atomic_write
 from dataset_base import IMAGE_ERRORS, one_line, open_rgb
-from errors import DatasetError, UsageError
+from engine import AMP_DTYPES
+from errors import DatasetError, UsageError, guarded
+from run import build_trained_model, checked_amp
 from util import eval_transform
 
 IMAGE_SUFFIXES = {suffix for suffix, kind in Image.registered_extensions().items() if kind in Image.OPEN}
@@ -181,7 +183,39 @@ def write_attention_maps(model, words, path, features, probabilities, classes, t
 
 # ---- the command --------------------------------------------------------------------------------
 
-def predict(args, given):
+def get_parser():
+    """predict.py's flags."""
+    parser = cli.ArgumentParser(description='MSRN on your own images: labels for image files, folders or lists of '
+                                            'paths, printed or written to a CSV file.')
+    parser.add_argument('paths', nargs='+', metavar='PATH',
+                        help='an image, a folder (searched recursively), or @LIST: a text file with one image path '
+                             'per line (relative to its folder)')
+    parser.add_argument('--resume', required=True, metavar='CKPT', help='checkpoint (ours or a released one)')
+    parser.add_argument('--out', metavar='FILE.csv',
+                        help='write filepath,labels,<one probability per class> per image (labels separated by |, '
+                             'the format of train.csv) instead of printing the top labels')
+    parser.add_argument('--threshold', default=metrics.DEFAULT_THRESHOLD, type=float, metavar='P',
+                        help=f'a label is predicted when its probability is >= P (default: '
+                             f'{metrics.DEFAULT_THRESHOLD}, the logit-0 rule)')
+    parser.add_argument('--thresholds', metavar='FILE',
+                        help='per-class probability thresholds (thresholds.json of -e --calibrate) instead of '
+                             '--threshold')
+    parser.add_argument('--top-k', default=5, type=int, metavar='K',
+                        help='print at most K labels per image (default: 5; the CSV has them all)')
+    parser.add_argument('--attention', metavar='DIR',
+                        help='write each image\'s attention maps as a PNG under DIR, mirroring the input paths')
+    invocation = cli.add_trained_model_arguments(parser)
+    invocation.add_argument('-b', '--batch-size', default=16, type=int, metavar='N',
+                            help='images per batch (default: 16)')
+    workers = min(4, os.cpu_count() or 1)
+    invocation.add_argument('-j', '--workers', default=workers, type=int, metavar='N',
+                            help=f'image loading processes (default: {workers})')
+    cli.add_amp_arguments(invocation)
+    cli.add_progress_argument(invocation)
+    return parser
+
+
+def predict(args, given, recipe):
     if args.thresholds and 'threshold' in given:
         raise UsageError('give --threshold (one for every class) or --thresholds (a file, one per class), not both')
     if not 0 <= args.threshold <= 1:
@@ -189,7 +223,7 @@ def predict(args, given):
                          'logit-0 rule)')
     paths = image_paths(args.paths)
     device = distributed.init_distributed_mode(args.device)  # one process: just picks the device
-    model, words, classes = cli.build_trained_model(args, given, ckpt.read_checkpoint(args.resume))
+    model, words, classes = build_trained_model(args, given, ckpt.read_checkpoint(args.resume), recipe)
     if args.thresholds:
         thresholds = metrics.read_thresholds(args.thresholds, classes)['thresholds'].tolist()
         print(f'=> per-class thresholds (probabilities) from {args.thresholds}')
@@ -197,14 +231,14 @@ def predict(args, given):
         thresholds = [args.threshold] * len(classes)
     model.to(device)
     words = words.to(device)
-    amp = cli.checked_amp(args, given, device)
+    amp = checked_amp(args, given, device)
     transform = eval_transform(args.image_size, model.image_normalization_mean, model.image_normalization_std)
     loader = DataLoader(ImageFiles(paths, transform), batch_size=args.batch_size, num_workers=args.workers,
                         collate_fn=collate, pin_memory=device.type == 'cuda')
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     root = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
     skipped, rows = [], [['filepath', 'labels', *classes]]
-    results = predictions(model, words, loader, device, amp, cli.AMP_DTYPES[args.amp_dtype], paths, skipped)
+    results = predictions(model, words, loader, device, amp, AMP_DTYPES[args.amp_dtype], paths, skipped)
     for i, probabilities, features in tqdm(results, total=len(paths), desc='predicting', disable=not progress,
                                            dynamic_ncols=True):
         if args.out:
@@ -226,8 +260,9 @@ def predict(args, given):
 
 
 def main(argv=None):
-    args, given = cli.parse_args(cli.get_predict_parser(), argv)
-    return cli.guarded(predict, args, given)
+    parser = get_parser()
+    args, given = cli.parse_args(parser, argv)
+    return guarded(predict, args, given, cli.recipe_names(parser))
 
 
 if __name__ == '__main__':

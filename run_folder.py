@@ -51,9 +51,16 @@ class RunFolder:
         if best is not None:
             self.write(BEST_NAME, lambda tmp: _torch_save(tmp, best), size=_nbytes(best))
 
-    def write_eval(self, name, record):
-        """An eval JSON (:func:`eval_record`)."""
-        self.write_json(name, record)
+    def write_epoch(self, record, state, best, evaluation, scalars):
+        """Everything an epoch leaves behind: the checkpoint ``state`` (and ``best``, when the epoch
+        scored best: ``checkpoint.training_checkpoint``, ``best_checkpoint``), its eval JSON
+        ``evaluation`` (:func:`eval_record`), its line of the log ``record`` and the curves, and the
+        TensorBoard ``scalars`` (:func:`tensorboard_scalars`) when TensorBoard is open."""
+        self.save_checkpoint(state, best)
+        self.write_json(f"eval_epoch{record['epoch']:03d}.json", evaluation)
+        self.log_epoch(record)
+        if self.tensorboard is not None:
+            self.write_tensorboard(record['epoch'], scalars)
 
     def write_json(self, name, obj):
         text = json.dumps(obj, indent=1, allow_nan=True, ensure_ascii=False)

@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-from dataset_base import MultiLabelDataset, cache_is_fresh, source_digests, write_cache
+from dataset_base import DatasetSpec, MultiLabelDataset, cache_is_fresh, source_digests, write_cache
 from download import Archive, download_and_extract
 from errors import DatasetError
 
@@ -143,3 +143,15 @@ class Voc2007Classification(MultiLabelDataset):
                          source=_label_file(root, CLASSES[0], set), description=f'VOC 2007 {set}',
                          inp_name=inp_name, transform=transform, target_transform=target_transform,
                          download=download, skip_corrupt=skip_corrupt)
+
+
+DATASET = DatasetSpec(
+    name='voc',
+    title='PASCAL VOC 2007',
+    layout='holds VOCdevkit/VOC2007; downloaded there when missing',
+    loader=Voc2007Classification,
+    classes=CLASSES,
+    splits=('trainval', 'test'),
+    pool_ratio=0.2,
+    save_dir='checkpoint/voc2007',
+)

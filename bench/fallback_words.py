@@ -22,7 +22,7 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-import cli  # noqa: E402
+import run  # noqa: E402
 import label_files  # noqa: E402
 from demo_custom_gcn import DATASET  # noqa: E402
 from tools.synthetic_data import write_custom  # noqa: E402
@@ -48,7 +48,7 @@ def train(data, word_file, seed, args, save_dir):
             '--device', 'cpu', '--seed', str(seed), '--save-dir', save_dir]
     if word_file:
         argv += ['-word_file', word_file]
-    if cli.main(DATASET, argv) != 0:
+    if run.main(DATASET, argv) != 0:
         raise SystemExit(f'training failed: {argv}')
     with open(os.path.join(save_dir, 'log.jsonl')) as f:
         log = [json.loads(line) for line in f]

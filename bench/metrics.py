@@ -1,5 +1,5 @@
 """Speed of the vectorised AP (metrics.average_precision) against the plain loop that the
-official meter runs (metrics.average_precision_loop), on VOC-sized (4952 x 20) and COCO-sized
+official meter runs (tests/reference.py: average_precision_loop), on VOC-sized (4952 x 20) and COCO-sized
 (40504 x 80) score matrices; also checks that both give the same values.
 
 Data: logits N(0, 1) rounded to 0.01 (many ties), labels positive with the datasets' density
@@ -18,6 +18,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import metrics  # noqa: E402
+from tests.reference import average_precision_loop  # noqa: E402
 
 
 def make_case(n, c, positive, difficult, seed=0):
@@ -51,7 +52,7 @@ def main():
         fast = best_of(lambda: metrics.average_precision(scores, targets), repeat=5)
         k = c if (args.full or c <= 20) else min(args.loop_classes, c)
         start = time.perf_counter()
-        loop_ap = metrics.average_precision_loop(scores[:, :k], targets[:, :k])
+        loop_ap = average_precision_loop(scores[:, :k], targets[:, :k])
         loop = (time.perf_counter() - start) * c / k
         assert torch.equal(loop_ap, metrics.average_precision(scores, targets)[:k]), 'values differ'
         timed = 'all classes' if k == c else f'{k} of {c} classes, x{c / k:g}'

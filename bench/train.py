@@ -8,7 +8,7 @@
 Writes a synthetic dataset in the real layout (``tools/synthetic_data.py``) whose JPEGs are then
 re-encoded at 640×480 with pixel noise (COCO-like size and decoding cost), and reports:
 
-- epoch images/s for each ``-j``: the demo script (``cli.main``: dataset, DataLoader with JPEG
+- epoch images/s for each ``-j``: the demo script (``run.main``: dataset, DataLoader with JPEG
   decoding and MultiScaleCrop, the engine) trains 2 epochs with ``--save-dir`` in a scratch
   folder; the rate is training images / the ``train_time_s`` of the second epoch in ``log.jsonl``
   (the first includes start-up: workers, cuDNN autotuning, kernel compilation); a log without it
@@ -84,13 +84,13 @@ def epoch_run(args, info, workers, save_dir):
 
     import torch
 
-    import cli
+    import run
     demo = importlib.import_module(DATASETS[args.dataset][0])
     argv = [info['root'], '-graph_file', info['graph_file'], '-word_file', info['word_file'], '--no-download',
             '--pretrained', '0', '--backbone', args.backbone, '--image-size', str(args.image_size),
             '--epochs', '2', '-b', str(args.batch), '-j', str(workers), '--lr', '0.001',
             '--device', args.device, '--save-dir', save_dir]
-    code = cli.main(demo.DATASET, argv)
+    code = run.main(demo.DATASET, argv)
     if code:
         raise SystemExit(f'the demo script failed (exit {code})')
     with open(os.path.join(save_dir, 'log.jsonl')) as f:

@@ -13,7 +13,7 @@ from torch.utils.data import DistributedSampler  # noqa: E402
 
 import distributed  # noqa: E402
 from models import MSRN  # noqa: E402
-from tests.toy import ToyDataset, ToyMSRN, make_engine, make_optimizer  # noqa: E402
+from tests.toy import ToyDataset, ToyMSRN, evaluate_once, make_engine, make_optimizer, resumed  # noqa: E402
 from util import seed_everything  # noqa: E402
 
 
@@ -28,7 +28,7 @@ def main(out_dir, checkpoint):
 
     seed_everything(distributed.get_rank())  # different inits: DDP must broadcast rank 0's
     model = ToyMSRN()
-    engine = make_engine(save_dir=os.path.join(out_dir, 'train'), max_epochs=1, ema_decay=0.9)
+    engine = make_engine(save_dir=os.path.join(out_dir, 'train'), epochs=1, ema_decay=0.9)
     engine.learning(model, nn.MultiLabelSoftMarginLoss(), ToyDataset(30, seed=1), ToyDataset(11, seed=2),
                     make_optimizer(model))
     for name, module in (('replicas', model), ('EMAs', engine.ema.module)):
@@ -37,13 +37,14 @@ def main(out_dir, checkpoint):
         assert torch.equal(replicas[0], replicas[1]), f'{name} diverged'
 
     # The real MSRN under DDP: every trainable parameter must get a gradient in every step.
-    msrn = MSRN(2, 0.5, model_name='resnet18', adj_file={'adj': [[0, 5], [4, 0]], 'nums': [10, 8]})
-    make_engine(max_epochs=1, image_size=64).learning(
+    msrn = MSRN(2, 0.5, 'resnet18', {'adj': [[0, 5], [4, 0]], 'nums': [10, 8]})
+    make_engine(epochs=1, image_size=64).learning(
         msrn, nn.MultiLabelSoftMarginLoss(), ToyDataset(24, seed=1, size=72, num_classes=2),
         ToyDataset(4, seed=2, size=72, num_classes=2), make_optimizer(msrn, lr=0.01))
 
-    make_engine(save_dir=os.path.join(out_dir, 'eval'), evaluate=True, resume=checkpoint).learning(
-        ToyMSRN(), nn.MultiLabelSoftMarginLoss(), ToyDataset(30, seed=1), ToyDataset(11, seed=2))
+    model = ToyMSRN()
+    evaluate_once(make_engine(save_dir=os.path.join(out_dir, 'eval'), resume=resumed(model, checkpoint)), model,
+                  ToyDataset(11, seed=2))
     distributed.cleanup()
 
 

@@ -50,3 +50,24 @@ def plain_head(state, features, words, mask):
     z = torch.tanh(torch.cat([torch.cat(local_levels, -1), torch.cat(group_levels, -1)], 1))
     hidden = F.leaky_relu(z.flatten(1) @ state['fc1.weight'].t() + state['fc1.bias'])
     return hidden @ state['fc2.weight'].t() + state['fc2.bias'], group_loss
+
+
+def average_precision_loop(scores, targets, difficult_examples=True):
+    """Plain-loop reference of :func:`average_precision`, element by element on tensors as the
+    official meter does but with a stable sort (slow on COCO); ``bench/metrics.py`` times it too."""
+    scores, targets = torch.as_tensor(scores).float(), torch.as_tensor(targets).long()
+    ap = torch.full((scores.shape[1],), float('nan'), dtype=torch.float64)
+    for k in range(scores.shape[1]):
+        order = torch.sort(scores[:, k], descending=True, stable=True).indices
+        positives, counted, total = 0.0, 0.0, 0.0
+        for i in order:
+            label = targets[i, k]
+            if difficult_examples and label == 0:
+                continue
+            counted += 1
+            if label == 1:
+                positives += 1
+                total += positives / counted
+        if positives:
+            ap[k] = total / positives
+    return ap

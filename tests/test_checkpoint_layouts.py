@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from checkpoint import load_checkpoint, load_matching, settings_entries, stored_settings
+from checkpoint import RunSettings, load_checkpoint, load_matching
 from errors import CheckpointError
 from models import MSRN
 from tests.helpers import random_graph
@@ -68,11 +68,12 @@ def test_load_matching_with_nothing_in_common_is_an_error():
 def test_settings_round_trip_through_a_weights_only_file(tmp_path):
     graph = {'adj': np.array([[0, 3], [2, 0]]), 'nums': np.array([5, 4])}
     words = np.arange(600, dtype=np.float32).reshape(2, 300)
-    entries = settings_entries(args={'lr': 0.1, 'epoch_step': [30, 40], 'device': torch.device('cpu')},
-                               classes=['traffic light', 'café'], graph=graph, word_vectors=words)
+    entries = RunSettings(args={'lr': 0.1, 'epoch_step': [30, 40], 'device': torch.device('cpu')},
+                          classes=['traffic light', 'café'], graph=graph, word_vectors=words).entries()
+    assert sorted(entries) == ['adj', 'args', 'classes', 'nums', 'word_vectors']   # the keys the format names
     torch.save(entries, tmp_path / 'c.pth')
-    settings = stored_settings(torch.load(tmp_path / 'c.pth', weights_only=True))
-    assert settings['args'] == {'lr': 0.1, 'epoch_step': [30, 40], 'device': 'cpu'}
-    assert settings['classes'] == ['traffic light', 'café']
-    assert np.array_equal(settings['graph']['adj'], graph['adj']) and np.array_equal(settings['word_vectors'], words)
-    assert stored_settings({'epoch': 1, 'state_dict': {}}) == {}   # a released checkpoint has none
+    settings = RunSettings.read(torch.load(tmp_path / 'c.pth', weights_only=True))
+    assert settings.args == {'lr': 0.1, 'epoch_step': [30, 40], 'device': 'cpu'}
+    assert settings.classes == ['traffic light', 'café']
+    assert np.array_equal(settings.graph['adj'], graph['adj']) and np.array_equal(settings.word_vectors, words)
+    assert RunSettings.read({'epoch': 1, 'state_dict': {}}) == RunSettings()   # a released checkpoint has none

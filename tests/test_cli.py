@@ -18,8 +18,8 @@ import demo_nuswide_gcn
 import demo_voc2007_gcn
 import label_files
 import predict
-from errors import CheckpointError, DatasetError, UsageError
-from tests.helpers import QUICK, REPO, assert_one_line_error, file_identity, official_checkpoint, run_main
+from errors import CheckpointError, DatasetError, UsageError, guarded
+from tests.helpers import QUICK, REPO, assert_one_line_error, official_checkpoint, run_main
 
 DEMOS = {'voc': demo_voc2007_gcn, 'coco': demo_coco_gcn, 'nuswide': demo_nuswide_gcn, 'apparel': demo_apparel_gcn}
 POOL_RATIOS = {'voc': 0.2, 'coco': 0.05, 'nuswide': 0.05, 'apparel': 0.2}
@@ -53,20 +53,6 @@ def test_given_flags_are_told_apart_from_defaults():
     assert args.tensorboard is True and parse(['data/voc', '--no-tensorboard'])[0].tensorboard is False
 
 
-def test_restore_settings_takes_what_was_not_given(capsys):
-    args, given = parse(['data/voc', '--lr', '0.5', '--device', 'cpu'])
-    stored = {'lr': 0.1, 'image_size': 64, 'backbone': 'resnet18', 'epoch_step': [1], 'device': 'cuda',
-              'resume': 'x.pth.tar', 'save_dir': '/no/such/folder', 'unknown_flag': 3, 'tensorboard': False}
-    cli.restore_settings(args, given, stored)
-    assert (args.lr, args.image_size, args.backbone, args.epoch_step) == (0.5, 64, 'resnet18', [1])
-    # what to do now is never taken from a checkpoint
-    assert (args.device, args.resume, args.tensorboard) == ('cpu', '', True)
-    assert args.save_dir.endswith(os.path.join('checkpoint', 'voc2007'))   # never the stored folder
-    out = capsys.readouterr().out.splitlines()
-    assert out == ['=> --lr 0.5 given; the checkpoint was made with 0.1',
-                   '=> settings from the checkpoint: image_size=64  backbone=resnet18  epoch_step=1']
-
-
 # ---------------------------------------------------------------------------------------------
 # Errors: ours are one line, bugs keep their traceback
 
@@ -75,11 +61,11 @@ def test_guarded_turns_only_project_errors_into_one_line(capsys):
         raise error
 
     for error in (DatasetError('a.txt:3: bad line'), CheckpointError('x: not found'), UsageError('no CUDA')):
-        assert cli.guarded(fail, error) == 2
+        assert guarded(fail, error) == 2
         assert capsys.readouterr().err == f'error: {error}\n'
     for error in (ValueError('a bug'), RuntimeError('shape mismatch')):
         with pytest.raises(type(error)):
-            cli.guarded(fail, error)
+            guarded(fail, error)
 
 
 def run_python(code, timeout=300):
@@ -260,31 +246,6 @@ def test_evaluation_with_the_checkpoint_alone(voc_run, capsys):
     assert [line.split()[0] for line in table] == voc.CLASSES
     assert [line.split()[1] for line in table] == ['-' if r['ap'] is None else f"{r['ap']:.2f}"
                                                    for r in record['per_class_ap']]
-
-
-def test_resume_with_the_checkpoint_alone_continues_the_same_run(voc_run, tmp_path, capsys):
-    _, save = voc_run
-    run = tmp_path / 'run'
-    # A copied run goes on in its copy and never touches the original. The copy is of hard links, so
-    # a write into a file rather than onto a new one (atomically renamed) would change the original.
-    shutil.copytree(save, run, copy_function=os.link)
-    original = {name: file_identity(save / name) for name in os.listdir(save)}
-    checkpoint = run / 'checkpoint.pth.tar'
-    events = {name: (run / name).read_bytes() for name in os.listdir(run) if name.startswith('events.out.tfevents.')}
-    argv = ['--resume', str(checkpoint), '--epochs', '3', '--no-download', '-j', '0', '--device', 'cpu',
-            '--no-tensorboard']
-    assert demo_voc2007_gcn.main(demo_voc2007_gcn.DATASET, argv) == 0
-    out = capsys.readouterr().out
-    assert '=> --epochs 3 given; the checkpoint was made with 2' in out
-    assert 'image_size=64' in out and 'loss=asl' in out and 'ema_decay=0.9' in out
-    assert 'Epoch 3/3  lr trunk 0.001 head 0.01  train loss (asl) ' in out and ' val (EMA) mAP ' in out
-    assert 'test (EMA): 8 images' in out
-    assert len(events) == 1 and events == {name: (run / name).read_bytes()   # --no-tensorboard: none written
-                                           for name in os.listdir(run) if name.startswith('events.out.tfevents.')}
-    resumed = torch.load(checkpoint, weights_only=True)
-    assert resumed['epoch'] == 3 and resumed['args']['lr'] == 0.1
-    assert [json.loads(line)['epoch'] for line in open(run / 'log.jsonl')] == [1, 2, 3]
-    assert {name: file_identity(save / name) for name in os.listdir(save)} == original
 
 
 def test_predict_with_the_checkpoint_alone(voc_run, capsys):

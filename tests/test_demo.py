@@ -152,13 +152,6 @@ def test_wrong_word_vectors(tmp_path, synthetic):
     assert_one_line_error(result, r'words.npy: 19 word vectors but the dataset has 20 classes')
 
 
-def test_missing_resume_is_an_error_not_a_fresh_start(tmp_path, synthetic):
-    info = synthetic('voc')
-    result = run_main('demo_voc2007_gcn.py', info['root'], '-word_file', info['word_file'], '-graph_file',
-                        info['graph_file'], '--backbone', 'resnet18', '-e', '--resume', tmp_path / 'nope.pth.tar')
-    assert_one_line_error(result, r'nope.pth.tar: checkpoint not found')
-
-
 def test_wrong_pool_ratio_for_a_checkpoint_says_what_to_set(tmp_path, synthetic):
     info = synthetic('voc')
     graph = label_files.load_adjacency(info['graph_file'], 20)

@@ -5,9 +5,8 @@ import sys
 
 import pytest
 import torch
-import torch.nn as nn
 
-from tests.toy import ToyDataset, ToyMSRN, make_engine
+from tests.toy import ToyDataset, ToyMSRN, evaluate_once, make_engine, resumed
 from util import seed_everything
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'ddp_worker.py')
@@ -17,8 +16,9 @@ def test_two_cpu_processes_train_in_step_and_evaluate_like_one(tmp_path):
     seed_everything(11)
     torch.save({'epoch': 0, 'arch': None, 'state_dict': ToyMSRN().state_dict(), 'best_score': 0.0},
                tmp_path / 'weights.pth.tar')
-    single = make_engine(save_dir=tmp_path / 'single', evaluate=True, resume=str(tmp_path / 'weights.pth.tar'))
-    single.learning(ToyMSRN(), nn.MultiLabelSoftMarginLoss(), ToyDataset(30, seed=1), ToyDataset(11, seed=2))
+    model = ToyMSRN()
+    single = make_engine(save_dir=tmp_path / 'single', resume=resumed(model, tmp_path / 'weights.pth.tar'))
+    evaluate_once(single, model, ToyDataset(11, seed=2))
 
     env = dict(os.environ, OMP_NUM_THREADS='1')
     proc = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',

@@ -15,15 +15,16 @@ import torch.nn as nn
 import distributed
 from models import MSRN
 from tests.toy import (OverflowAt, ToyDataset, ToyMSRN, assert_equal_to_average, average_by_definition, make_engine,
-                       make_optimizer, train_and_record)
+                       make_optimizer, resumed, train_and_record)
 from util import seed_everything
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
 
 
-def run(model, save_dir, max_epochs, resume=None, image_size=16, size=24, num_classes=4, **kwargs):
-    engine = make_engine(device='cuda', save_dir=save_dir, max_epochs=max_epochs, resume=resume,
-                         image_size=image_size, class_names=None, **kwargs)
+def run(model, save_dir, epochs, resume=None, image_size=16, size=24, num_classes=4, **kwargs):
+    engine = make_engine(device='cuda', save_dir=save_dir, epochs=epochs,
+                         resume=resumed(model, resume) if resume else None, image_size=image_size, classes=None,
+                         **kwargs)
     scaler = engine.scaler
     data = [ToyDataset(n, seed=seed, size=size, num_classes=num_classes) for n, seed in ((30, 1), (10, 2))]
     score = engine.learning(model, nn.MultiLabelSoftMarginLoss(), *data, make_optimizer(model, lr=0.01))
@@ -33,14 +34,14 @@ def run(model, save_dir, max_epochs, resume=None, image_size=16, size=24, num_cl
 
 def test_amp_training_checkpoints_the_scaler_and_resumes_it(tmp_path):
     seed_everything(0)
-    engine, _ = run(ToyMSRN(), tmp_path, max_epochs=2)
+    engine, _ = run(ToyMSRN(), tmp_path, epochs=2)
     assert engine.amp and engine.scaler.is_enabled()
     assert engine.make_loader(ToyDataset(4), training=True).pin_memory
     saved = torch.load(tmp_path / 'checkpoint.pth.tar', weights_only=True)
     assert saved['scaler']['scale'] > 0 and saved['scaler']['_growth_tracker'] >= 0
-    engine, _ = run(ToyMSRN(), tmp_path, max_epochs=2, resume=str(tmp_path / 'checkpoint.pth.tar'))  # nothing left
+    engine, _ = run(ToyMSRN(), tmp_path, epochs=2, resume=str(tmp_path / 'checkpoint.pth.tar'))  # nothing left
     assert engine.scaler.get_scale() == saved['scaler']['scale']
-    engine, score = run(ToyMSRN(), tmp_path, max_epochs=3, resume=str(tmp_path / 'checkpoint.pth.tar'))
+    engine, score = run(ToyMSRN(), tmp_path, epochs=3, resume=str(tmp_path / 'checkpoint.pth.tar'))
     assert np.isfinite(score)
 
 
@@ -62,7 +63,7 @@ def test_ema_under_amp(tmp_path, monkeypatch):
 def test_msrn_under_autocast(tmp_path):
     seed_everything(0)
     model = MSRN(4, 0.5, model_name='resnet18', adj_file={'adj': np.ones((4, 4)) - np.eye(4), 'nums': np.full(4, 3)})
-    engine, score = run(model, tmp_path, max_epochs=1, image_size=224, size=256)
+    engine, score = run(model, tmp_path, epochs=1, image_size=224, size=256)
     assert np.isfinite(score) and engine.state['output'].dtype == torch.float16
 
 

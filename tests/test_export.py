@@ -133,7 +133,7 @@ def custom_export(tmp_path_factory):
     words = np.random.default_rng(5).normal(size=(len(CUSTOM_CLASSES), WORD_DIM)).astype(np.float32)
     args = {'backbone': 'resnet18', 'pool_ratio': 0.2, 'image_size': SIZE, 'data': str(folder / 'data')}
     torch.save({'epoch': 1, 'arch': 'resnet18', 'state_dict': model.state_dict(), 'best_score': 50.0,
-                **ckpt.settings_entries(args=args, classes=CUSTOM_CLASSES, graph=graph, word_vectors=words)},
+                **ckpt.RunSettings(args=args, classes=CUSTOM_CLASSES, graph=graph, word_vectors=words).entries()},
                folder / 'model_best.pth.tar')
     path = folder / 'custom.onnx'
     out = io.StringIO()
@@ -210,9 +210,9 @@ def bad_checkpoint(path, nan=False):
     if nan:
         state['fc2.bias'][0] = float('nan')
     words = np.ones((3, WORD_DIM), np.float32)
-    torch.save({'state_dict': state, **ckpt.settings_entries(
+    torch.save({'state_dict': state, **ckpt.RunSettings(
         args={'backbone': 'resnet18', 'pool_ratio': 0.4, 'image_size': SIZE}, classes=['a', 'b', 'c'],
-        graph=random_graph(3), word_vectors=words)}, path)
+        graph=random_graph(3), word_vectors=words).entries()}, path)
     return str(path)
 
 

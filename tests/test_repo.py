@@ -56,8 +56,8 @@ def modules_reading_attributes_of_args():
     return found
 
 
-def test_cli_docstring_names_exactly_the_modules_that_read_the_parsed_arguments():
-    doc = ast.get_docstring(ast.parse(read('cli.py')))
+def test_run_docstring_names_exactly_the_modules_that_read_the_parsed_arguments():
+    doc = ast.get_docstring(ast.parse(read('run.py')))
     sentence = re.search(r'^Modules that read the parsed arguments: (.*?)\.$', doc, re.M).group(1)
     assert set(re.findall(r'\w+\.py', sentence)) == modules_reading_attributes_of_args() != set()
 
@@ -68,3 +68,48 @@ def test_readme_test_section_names_every_command_ci_runs():
     section = read('README.md').split('## Tests and benchmarks')[1]
     for command in ci_tests:
         assert command in section
+
+
+def module_imports(path):
+    """The top-level modules of the repository that ``path`` imports, anywhere in it (inside
+    functions too)."""
+    local = {name[:-3] for name in os.listdir(REPO) if name.endswith('.py')}
+    found = set()
+    for node in ast.walk(ast.parse(open(path).read())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split('.')[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.add(node.module.split('.')[0])
+    return found & local
+
+
+def test_the_modules_import_one_another_without_a_cycle():
+    graph = {name[:-3]: module_imports(os.path.join(REPO, name)) for name in os.listdir(REPO) if name.endswith('.py')}
+    done, path = set(), []
+
+    def visit(module):
+        if module in path:
+            raise AssertionError(f"import cycle: {' -> '.join(path[path.index(module):] + [module])}")
+        if module in done:
+            return
+        path.append(module)
+        for imported in sorted(graph[module]):
+            visit(imported)
+        path.pop()
+        done.add(module)
+    for module in sorted(graph):
+        visit(module)
+    assert graph['cli'] and 'demo_voc2007_gcn' not in set().union(*graph.values())   # the walk saw imports
+
+
+def test_the_shape_of_the_code():
+    assert len(read('cli.py').splitlines()) <= 400
+    engine = next(node for node in ast.walk(ast.parse(read('engine.py')))
+                  if isinstance(node, ast.ClassDef) and node.name == 'GCNMultiLabelMAPEngine')
+    init = next(node for node in engine.body if isinstance(node, ast.FunctionDef) and node.name == '__init__')
+    parameters = init.args.args[1:] + init.args.kwonlyargs
+    assert len(parameters) <= 10, [a.arg for a in parameters]
+    calls = {node.func.id if isinstance(node.func, ast.Name) else node.func.attr
+             for node in ast.walk(ast.parse(read('models.py'))) if isinstance(node, ast.Call)
+             and isinstance(node.func, (ast.Name, ast.Attribute))}
+    assert not calls & {'open', 'load', 'load_adjacency', 'read_checkpoint'}, 'models.py reads a file'

@@ -10,12 +10,13 @@ import torch
 import torch.nn as nn
 
 import cli
+import run
 import demo_custom_gcn
 import demo_voc2007_gcn
 import run_folder
-from errors import SaveError, UsageError
+from errors import SaveError, UsageError, guarded
 from tests.helpers import run_main
-from tests.toy import ToyDataset, ToyMSRN, make_engine, make_optimizer
+from tests.toy import ToyDataset, ToyMSRN, make_engine, make_optimizer, resumed
 from util import seed_everything
 
 
@@ -38,7 +39,7 @@ def old_run(path):
 
 def parsed(argv, demo=demo_voc2007_gcn):
     args, given = cli.parse_args(cli.get_args_parser(demo.DATASET), argv)
-    cli.choose_save_dir(args, given, demo.DATASET)
+    run.choose_save_dir(args, given, demo.DATASET)
     return args
 
 
@@ -58,7 +59,7 @@ def test_save_folders(tmp_path):
 def claim(tmp_path, folder, *flags, resume=None):
     argv = ['data', '--save-dir', str(folder), *flags] + (['--resume', str(resume)] if resume else [])
     args, _ = cli.parse_args(cli.get_args_parser(demo_voc2007_gcn.DATASET), argv)
-    cli.claim_save_dir(args)
+    run.claim_save_dir(args)
 
 
 def test_a_new_run_never_writes_over_another(tmp_path):
@@ -113,13 +114,13 @@ def test_a_new_run_into_a_used_folder_is_one_line_and_touches_nothing(synthetic,
 # ---------------------------------------------------------------------------------------------
 # A full disk
 
-def train(save_dir, max_epochs, resume=None):
-    """ToyMSRN for ``max_epochs`` (resuming ``resume``) as a fresh process would; returns (code, model)."""
+def train(save_dir, epochs, resume=None):
+    """ToyMSRN for ``epochs`` (resuming ``resume``) as a fresh process would; returns (code, model)."""
     seed_everything(0)
     model = ToyMSRN()
-    engine = make_engine(save_dir=str(save_dir), max_epochs=max_epochs, epoch_step=[2],
-                         resume=str(resume) if resume else None)
-    code = cli.guarded(engine.learning, model, nn.MultiLabelSoftMarginLoss(), ToyDataset(30, seed=1),
+    engine = make_engine(save_dir=str(save_dir), epochs=epochs, epoch_step=[2],
+                         resume=resumed(model, resume) if resume else None)
+    code = guarded(engine.learning, model, nn.MultiLabelSoftMarginLoss(), ToyDataset(30, seed=1),
                        ToyDataset(10, seed=2), make_optimizer(model))
     return code, model
 
@@ -171,7 +172,7 @@ def test_every_file_of_the_folder_reports_a_failed_write(tmp_path):
     try:
         if os.access(folder.path, os.W_OK):
             pytest.skip('running as root: permissions do not stop writes')
-        for write in (lambda: folder.log_epoch({'epoch': 1}), lambda: folder.write_eval('eval.json', {}),
+        for write in (lambda: folder.log_epoch({'epoch': 1}), lambda: folder.write_json('eval.json', {}),
                       lambda: folder.save_checkpoint({'epoch': 1})):
             with pytest.raises(SaveError, match=r'^cannot write .*: Permission denied.*no checkpoint was written yet'):
                 write()

@@ -45,8 +45,8 @@ def next_second():
 
 
 def test_each_epoch_writes_the_log_figures_lrs_and_every_validation_figure(tmp_path):
-    settings = {'args': {'lr': 0.1, 'data': '/data/a|b', 'epoch_step': [2]}}
-    _, _, engine, _ = toy_run(tmp_path, max_epochs=2, ema_decay=0.5, settings=settings, val_split='test')
+    settings = {'lr': 0.1, 'data': '/data/a|b', 'epoch_step': [2]}
+    _, _, engine, _ = toy_run(tmp_path, epochs=2, ema_decay=0.5, settings=settings, val_split='test')
     acc = events(tmp_path)
     log = [json.loads(line) for line in open(tmp_path / 'log.jsonl')]
     for tag, key in [('train/loss', 'train_loss'), ('train/mAP', 'train_mAP'), ('val/loss', 'val_loss'),
@@ -72,7 +72,7 @@ def test_each_epoch_writes_the_log_figures_lrs_and_every_validation_figure(tmp_p
 
 def test_a_class_without_positive_gets_no_ap_scalar(tmp_path, monkeypatch):
     no_positive_in_validation(monkeypatch, 3)   # class 'd'
-    toy_run(tmp_path, max_epochs=1)
+    toy_run(tmp_path, epochs=1)
     tags = events(tmp_path).Tags()['scalars']
     assert {'val_ap/a', 'val_ap/b', 'val_ap/c'} <= set(tags) and 'val_ap/d' not in tags
 
@@ -82,17 +82,17 @@ def test_a_resumed_run_rewrites_its_epochs_once(tmp_path, resume_from):
     """Three epochs, then a resume from an earlier epoch: TensorBoard shows each epoch once, with the
     figures of the run that wrote it last (those of log.jsonl), and the settings of each run from the
     epoch it started at."""
-    settings = {'args': {'lr': 0.1}}
-    toy_run(tmp_path, max_epochs=2, settings=settings)
+    settings = {'lr': 0.1}
+    toy_run(tmp_path, epochs=2, settings=settings)
     source = tmp_path.parent / ('best.pth.tar' if resume_from == 'model_best' else 'epoch2.pth.tar')
     shutil.copy(tmp_path / ('model_best.pth.tar' if resume_from == 'model_best' else 'checkpoint.pth.tar'), source)
     resumed_epoch = torch.load(source, weights_only=True)['epoch']
     next_second()
-    toy_run(tmp_path, max_epochs=3, resume=str(tmp_path / 'checkpoint.pth.tar'), settings=settings)
+    toy_run(tmp_path, epochs=3, resume=str(tmp_path / 'checkpoint.pth.tar'), settings=settings)
     acc = events(tmp_path)
     assert [e.step for e in acc.Scalars('val/mAP')] == [1, 2, 3] and text_steps(tmp_path) == [1, 3]
     next_second()
-    toy_run(tmp_path, max_epochs=3, resume=str(source), settings=settings)
+    toy_run(tmp_path, epochs=3, resume=str(source), settings=settings)
     acc = events(tmp_path)
     log = [json.loads(line) for line in open(tmp_path / 'log.jsonl')]
     assert [r['epoch'] for r in log] == [1, 2, 3]
@@ -103,7 +103,7 @@ def test_a_resumed_run_rewrites_its_epochs_once(tmp_path, resume_from):
 
 
 def test_no_tensorboard_writes_no_events(tmp_path):
-    toy_run(tmp_path, max_epochs=1, tensorboard=False)
+    toy_run(tmp_path, epochs=1, tensorboard=False)
     assert not [name for name in os.listdir(tmp_path) if 'tfevents' in name]
     assert (tmp_path / 'log.jsonl').is_file()
 
@@ -111,10 +111,10 @@ def test_no_tensorboard_writes_no_events(tmp_path):
 def test_a_missing_tensorboard_package_is_a_one_line_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, 'torch.utils.tensorboard', None)   # import fails as if not installed
     with pytest.raises(UsageError, match='pip install tensorboard, or pass --no-tensorboard') as info:
-        toy_run(tmp_path, max_epochs=1)
+        toy_run(tmp_path, epochs=1)
     assert '\n' not in str(info.value)
     assert not (tmp_path / 'checkpoint.pth.tar').exists()   # stopped before training
-    toy_run(tmp_path / 'off', max_epochs=1, tensorboard=False)   # without events, the package is not needed
+    toy_run(tmp_path / 'off', epochs=1, tensorboard=False)   # without events, the package is not needed
 
 
 def test_a_full_disk_under_the_events_is_one_line_and_the_checkpoint_intact(tmp_path, monkeypatch):
@@ -129,7 +129,7 @@ def test_a_full_disk_under_the_events_is_one_line_and_the_checkpoint_intact(tmp_
         real_flush(self)
     monkeypatch.setattr(event_file_writer.EventFileWriter, 'flush', flush)
     with pytest.raises(SaveError) as info:
-        toy_run(tmp_path, max_epochs=3)
+        toy_run(tmp_path, epochs=3)
     assert str(info.value) == (
         f'cannot write TensorBoard events in {tmp_path}: No space left on device; the last complete checkpoint, '
         f"{tmp_path / 'checkpoint.pth.tar'} (epoch 2), is intact: free space or choose another --save-dir, "

@@ -8,6 +8,9 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
+import checkpoint as ckpt
+from distributed import is_main_process
+from run_folder import RunFolder
 from util import ModelEma, seed_everything
 
 NUM_CLASSES = 4
@@ -66,26 +69,50 @@ class ToyDataset(torch.utils.data.Dataset):
         return (image, f'img{i:04d}', self.word_vectors), torch.from_numpy(self.targets[i])
 
 
-def make_engine(**kwargs):
-    """A CPU GCN engine for the toy data, quiet and small."""
-    from engine import GCNMultiLabelMAPEngine
-    defaults = dict(device='cpu', batch_size=4, workers=0, max_epochs=2, epoch_step=[30], image_size=16,
-                    progress=False, seed=0, class_names=['a', 'b', 'c', 'd'])
-    return GCNMultiLabelMAPEngine(**{**defaults, **kwargs})
+def make_engine(save_dir=None, resume=None, device='cpu', val_split='val', settings=None, classes=('a', 'b', 'c', 'd'),
+                **loop):
+    """A CPU GCN engine for the toy data, quiet and small. ``loop``: LoopSettings fields; ``resume``:
+    a checkpoint dict (``resumed``); ``settings``: the recipe its checkpoints store as 'args'."""
+    from engine import GCNMultiLabelMAPEngine, LoopSettings
+    defaults = dict(batch_size=4, workers=0, epochs=2, epoch_step=[30], image_size=16, progress=False, seed=0)
+    run_settings = ckpt.RunSettings(args=settings, classes=list(classes) if classes else None)
+    return GCNMultiLabelMAPEngine(LoopSettings(**{**defaults, **loop}), device=device,
+                                  folder=RunFolder(str(save_dir) if save_dir and is_main_process() else None),
+                                  resume=resume,
+                                  run_settings=run_settings, val_split=val_split)
+
+
+def resumed(model, path):
+    """The checkpoint dict at ``path``, its weights loaded into ``model`` (as run.build_model does)."""
+    checkpoint = ckpt.read_checkpoint(str(path))
+    ckpt.load_checkpoint(model, checkpoint)
+    return checkpoint
 
 
 def make_optimizer(model, lr=0.1):
     return torch.optim.SGD(model.get_config_optim(lr), lr=lr, momentum=0.9, weight_decay=1e-4)
 
 
-def toy_run(save_dir, max_epochs, resume=None, init_seed=0, criterion=None, **engine_kwargs):
-    """Build everything from ``init_seed`` as a fresh process would, then ``learning``."""
+def evaluate_once(engine, model, val, name='eval.json', criterion=None):
+    """``-e`` with the engine: the eval JSON ``name``; returns the mAP."""
+    import evaluation
+    return evaluation.evaluate(engine, model, criterion or nn.MultiLabelSoftMarginLoss(), val,
+                               epoch=engine.start_epoch, eval_name=name)
+
+
+def toy_run(save_dir, epochs, resume=None, init_seed=0, criterion=None, evaluate=False, **engine_kwargs):
+    """Build everything from ``init_seed`` as a fresh process would, then ``learning`` (or with
+    ``evaluate``, evaluate once, writing eval.json); ``resume``: a checkpoint path."""
     seed_everything(init_seed)
     model = ToyMSRN()
     optimizer = make_optimizer(model)
-    engine = make_engine(save_dir=save_dir, max_epochs=max_epochs, epoch_step=[2], resume=resume, **engine_kwargs)
-    score = engine.learning(model, criterion or nn.MultiLabelSoftMarginLoss(), ToyDataset(30, seed=1),
-                            ToyDataset(10, seed=2), optimizer)
+    checkpoint = resumed(model, resume) if resume else None
+    engine = make_engine(save_dir=save_dir, epochs=epochs, epoch_step=[2], resume=checkpoint, **engine_kwargs)
+    if evaluate:
+        score = evaluate_once(engine, model, ToyDataset(10, seed=2), criterion=criterion)
+    else:
+        score = engine.learning(model, criterion or nn.MultiLabelSoftMarginLoss(), ToyDataset(30, seed=1),
+                                ToyDataset(10, seed=2), optimizer)
     return model, optimizer, engine, score
 
 
@@ -159,7 +186,7 @@ def train_and_record(monkeypatch, save_dir, criterion, device='cpu', scaler=None
     model = ToyMSRN().to(device)
     start = copy.deepcopy(model.state_dict())
     optimizer = make_optimizer(model, lr=lr)
-    engine = make_engine(device=device, save_dir=save_dir, max_epochs=2, ema_decay=decay)
+    engine = make_engine(device=device, save_dir=save_dir, epochs=2, ema_decay=decay)
     if scaler is not None:
         engine.scaler = scaler
     after_steps, made, updates = [], [], []

@@ -22,19 +22,19 @@ if __package__ in (None, ''):  # run as a script: make the repo's modules import
 
 import label_files  # noqa: E402
 from errors import DatasetError  # noqa: E402
-from tools import TRAIN_SPLIT, dataset_module  # noqa: E402
+from tools import DATASETS, dataset_module, training_split  # noqa: E402
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('dataset', choices=sorted(TRAIN_SPLIT), help='dataset loader to read the labels with')
+    parser.add_argument('dataset', choices=sorted(DATASETS), help='dataset loader to read the labels with')
     parser.add_argument('root', help='dataset folder, as given to the demo script')
     parser.add_argument('out', help='file to write (.pkl, or .npz)')
     parser.add_argument('--split', help='split to count (default: the training split)')
     parser.add_argument('--image-label', help='apparel only: official image_label.pkl for the one-folder layout')
     args = parser.parse_args(argv)
     options = {'image_label': args.image_label} if args.dataset == 'apparel' else {}
-    samples = dataset_module(args.dataset).read_samples(args.root, args.split or TRAIN_SPLIT[args.dataset], **options)
+    samples = dataset_module(args.dataset).read_samples(args.root, args.split or training_split(args.dataset), **options)
     graph = label_files.build_adjacency(np.stack([target for _, _, target in samples]))
     label_files.save(args.out, graph)
     print(f'wrote {args.out}: {len(samples)} images, {len(graph["nums"])} classes, '

@@ -21,12 +21,12 @@ if __package__ in (None, ''):  # run as a script: make the repo's modules import
 import custom  # noqa: E402
 import label_files  # noqa: E402
 from errors import DatasetError  # noqa: E402
-from tools import TRAIN_SPLIT, dataset_module  # noqa: E402
+from tools import DATASETS, dataset_module  # noqa: E402
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('dataset', choices=sorted(TRAIN_SPLIT), help='dataset whose class names to embed')
+    parser.add_argument('dataset', choices=sorted(DATASETS), help='dataset whose class names to embed')
     parser.add_argument('glove', help='GloVe text file, e.g. glove.6B.300d.txt')
     parser.add_argument('out', help='file to write (.pkl, .npy or .npz)')
     parser.add_argument('--data', metavar='DIR', help='custom only: the dataset folder whose classes to embed')

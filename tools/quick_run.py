@@ -15,7 +15,7 @@ import sys
 REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_DIR)
 
-import cli  # noqa: E402  (after the path set-up, so the script runs from anywhere)
+import run  # noqa: E402  (after the path set-up, so the script runs from anywhere)
 from demo_voc2007_gcn import DATASET  # noqa: E402
 from tools.synthetic_data import write_voc  # noqa: E402
 
@@ -36,7 +36,7 @@ def main(argv=None):
     info = write_voc(data_dir, n_trainval=args.train_images, n_test=args.test_images,
                      image_size=args.image_size, seed=args.seed)
     save_dir = os.path.join(args.out, 'checkpoint')
-    code = cli.main(DATASET, [
+    code = run.main(DATASET, [
         data_dir, '-graph_file', info['graph_file'], '-word_file', info['word_file'], '--no-download',
         '--backbone', 'resnet18', '--pretrained', '0', '--image-size', str(args.image_size),
         # lr 0.05: from scratch, the official 0.1 makes the first epochs chaotic (and the outcome
