@@ -9,8 +9,8 @@ sums to 1); h, w below are its height and width.
   'jet' colours, blended half and half with the image; the colour bar of :func:`legend` says so.
   A tile's caption gives the map's size and its peak: its highest weight divided by the uniform
   weight 1/(h·w), so 1x means no position stands out.
-- A flat map (one position, as level 3 of images under 128 px, or equal weights everywhere) has no
-  spatial information: its tile shows the image in grey with a note instead of colours.
+- A flat map (one position, as level 3 of images under 128 px, or weights all within FLAT of
+  its peak) has no spatial information: its tile shows the image in grey with a note instead.
 - The model sees every image warped to a square; a picture wider or taller than MAX_ASPECT : 1 is
   shown squeezed to that ratio (the legend says so), so that a 3840x96 image stays readable.
 - A row names its label and probability and, when a threshold is given, whether the label is
@@ -27,7 +27,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 TILE = 224          # px: the width of each picture of a sheet
 MAX_ASPECT = 3.0    # wider or taller pictures are squeezed to this ratio
-FLAT = 1e-3         # a map whose weights differ by less than this fraction of its peak is flat
+FLAT = 0.01         # a map whose weights differ by less than this fraction of its peak is flat
 FONT_SIZE = 13
 CAPTION_HEIGHT = 18  # px: the strip above each picture that says what it shows
 LEGEND_HEIGHT = 40   # px: the colour bar and notes under a sheet
@@ -97,7 +97,7 @@ def level_tile(pic, level, heat):
     stretched = Image.fromarray(heat).resize(pic.size, Image.BILINEAR)   # mode 'F', (height, width)
     values = (np.asarray(stretched) - low) / (top - low)
     colours = Image.fromarray(JET[np.clip(values * 255, 0, 255).astype(np.uint8)])
-    return Tile(Image.blend(pic, colours, 0.5), f'level {level} {h}x{w} peak {top * h * w:.1f}x', False)
+    return Tile(Image.blend(pic, colours, 0.5), f'level {level} {h}x{w} peak {top * h * w:.3g}x', False)
 
 
 def level_tiles(pic, label_maps):
