@@ -2,7 +2,7 @@
 and export.py), the dataset description a demo script passes, the settings a checkpoint brings, the
 builders that turn arguments into datasets, model, optimizer, loss and engine, and the run.
 
-Modules that read the parsed arguments: cli.py, predict.py and export.py.
+Modules that read the parsed arguments: cli.py, predict.py, export.py and app.py.
 
 Every other module takes explicit keyword arguments (the scripts under tools/ and bench/ have
 small parsers of their own).

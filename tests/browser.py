@@ -77,7 +77,7 @@ def screenshot(tab, name, **options):
     if folder:
         os.makedirs(folder, exist_ok=True)
         small = shot.resize((SCREENSHOT_WIDTH, round(shot.height * SCREENSHOT_WIDTH / shot.width)), Image.LANCZOS)
-        small.quantize(256, method=Image.Quantize.MEDIANCUT).save(os.path.join(folder, f'{name}.png'), optimize=True)
+        small.quantize(256, method=Image.Quantize.FASTOCTREE).save(os.path.join(folder, f'{name}.png'), optimize=True)
     return shot
 
 
