@@ -27,7 +27,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 TILE = 224          # px: the width of each picture of a sheet
 MAX_ASPECT = 3.0    # wider or taller pictures are squeezed to this ratio
-FLAT = 0.01         # a map whose weights differ by less than this fraction of its peak is flat
+FLAT = 0.05         # a map whose weights all lie within this fraction of its peak is flat
 FONT_SIZE = 13
 CAPTION_HEIGHT = 18  # px: the strip above each picture that says what it shows
 LEGEND_HEIGHT = 40   # px: the colour bar and notes under a sheet
@@ -89,7 +89,7 @@ def level_tile(pic, level, heat):
     top, low = float(heat.max()), float(heat.min())
     if h * w == 1 or not top > 0 or top - low <= FLAT * top:
         grey = ImageOps.grayscale(pic).convert('RGB')
-        text = 'one position:\nthe whole image' if h * w == 1 else 'equal weight\neverywhere'
+        text = 'one position:\nthe whole image' if h * w == 1 else f'weights within\n{FLAT:.0%} of each other'
         draw = ImageDraw.Draw(grey)
         draw.multiline_text((pic.width / 2, pic.height / 2), text, fill='black', font=font(), anchor='mm',
                             align='center')
