@@ -123,7 +123,8 @@ def build_app(predictor, *, title, thresholds=None, threshold=0.5):
         results, skipped = predictor(paths)
         names = [os.path.basename(p) for p in paths]
         lines = [f'{len(results)} of {len(paths)} files read.'] + \
-            [f"- **{names[i]}** is not an image that can be read: {why.replace(paths[i], names[i])}" for i, why in skipped]
+            [f"- **{names[i]}** is not an image that can be read: {why.replace(paths[i], names[i])}"
+             for i, why in skipped]
         state = [{'name': names[i], 'path': paths[i], 'probabilities': p, 'features': f} for i, p, f in results]
         choices = [f"{n + 1}: {item['name']}" for n, item in enumerate(state)]
         shown = show(choices[0] if choices else None, slider, state)
@@ -188,12 +189,14 @@ def serve(args, given):
     model, words, classes = build_trained_model(args, given, ckpt.read_checkpoint(args.resume))
     thresholds = metrics.read_thresholds(args.thresholds, classes)['thresholds'] if args.thresholds else None
     amp = cli.checked_amp(args, given, device)
-    predictor = Predictor(model.to(device), words, classes, args.image_size, device, amp, cli.AMP_DTYPES[args.amp_dtype])
+    predictor = Predictor(model.to(device), words, classes, args.image_size, device, amp,
+                          cli.AMP_DTYPES[args.amp_dtype])
     title = f'MSRN: {os.path.basename(args.resume)}'
     demo = build_app(predictor, title=title, thresholds=thresholds, threshold=args.threshold)
     print(f'=> {title}, {len(classes)} classes, on {device}; serving on http://{args.host}:{args.port or "7860+"} '
           '(Ctrl-C stops it)', flush=True)
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share, show_error=True, css=APP_CSS, footer_links=['api'])
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, show_error=True, css=APP_CSS,
+                footer_links=['api'])
 
 
 def main(argv=None):

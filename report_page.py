@@ -457,7 +457,8 @@ figcaption{font-size:12px;max-width:160px;overflow:hidden;text-overflow:ellipsis
 figure.mean figcaption{max-width:480px;white-space:normal}
 svg.pr polyline{fill:none;stroke:#c33;stroke-width:1.5}svg.pr .frame{fill:#fafafa;stroke:#999}
 svg.pr text{font-size:11px}svg#graph rect.kept{stroke:#d22;stroke-width:1}
-.class h3{margin-bottom:0}.kinds{display:flex;flex-wrap:wrap;column-gap:32px}.kind h4{margin:6px 0 2px;font-weight:normal;color:#444}
+.class h3{margin-bottom:0}.kinds{display:flex;flex-wrap:wrap;column-gap:32px}
+.kind h4{margin:6px 0 2px;font-weight:normal;color:#444}
 img.thumb{object-fit:none;object-position:0 0;cursor:zoom-in;display:block;background:#eee}
 figure.missing div{width:160px;height:100px;background:#eee;display:flex;align-items:center;justify-content:center}
 #popup{position:fixed;z-index:3;background:#fff;border:1px solid #888;padding:4px;box-shadow:0 2px 8px #0006}
@@ -505,7 +506,8 @@ function show(img) {
   var box = img.getBoundingClientRect();
   popup.hidden = false;
   var left = Math.min(box.left, window.innerWidth - popup.offsetWidth - 8);
-  var top = box.bottom + popup.offsetHeight + 8 < window.innerHeight ? box.bottom + 4 : box.top - popup.offsetHeight - 4;
+  var below = box.bottom + popup.offsetHeight + 8 < window.innerHeight;
+  var top = below ? box.bottom + 4 : box.top - popup.offsetHeight - 4;
   popup.style.left = Math.max(0, left) + "px"; popup.style.top = Math.max(0, top) + "px";
 }
 document.querySelectorAll("img.thumb[data-captions]").forEach(function (img) {

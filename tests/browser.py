@@ -6,6 +6,7 @@ a browser. Without either, the tests that need it skip, saying which is missing.
 README's pictures come from there: docs/testing.md).
 """
 import contextlib
+import importlib.util
 import io
 import os
 import shutil
@@ -33,9 +34,7 @@ def missing():
     """Why no browser test can run here, or None."""
     if executable() is None:
         return 'no Chromium found (apt-get install chromium; .ci/run installs it)'
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec('playwright') is None:
         return 'the playwright package is not installed (pip install -r requirements.txt)'
     return None
 

@@ -136,7 +136,8 @@ def test_the_report_in_a_browser(evaluated, browser):
         tab.goto(evaluated['path'].as_uri())
         text = tab.inner_text('body')
         assert all(name in text for name in evaluated['classes'])
-        assert tab.evaluate('Array.from(document.querySelectorAll("main img")).every(i => i.complete && i.naturalWidth > 0)')
+        decoded = 'Array.from(document.querySelectorAll("main img")).every(i => i.complete && i.naturalWidth > 0)'
+        assert tab.evaluate(decoded)
         assert tab.evaluate('document.querySelectorAll("main img").length') >= 1
         assert not chromium.is_blank(chromium.screenshot(tab, 'report'))
 
