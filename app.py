@@ -193,8 +193,7 @@ def serve(args, given):
                           cli.AMP_DTYPES[args.amp_dtype])
     title = f'MSRN: {os.path.basename(args.resume)}'
     demo = build_app(predictor, title=title, thresholds=thresholds, threshold=args.threshold)
-    print(f'=> {title}, {len(classes)} classes, on {device}; serving on http://{args.host}:{args.port or "7860+"} '
-          '(Ctrl-C stops it)', flush=True)
+    print(f'=> {title}: {len(classes)} classes, on {device}; Ctrl-C stops the server', flush=True)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, show_error=True, css=APP_CSS,
                 footer_links=['api'])
 

@@ -136,7 +136,8 @@ class ModelAttention:
     """The ``attention`` of write_report from a model: called with image paths and, per image, class
     indices, it returns per image its maps per level, numpy (L, h, w) for its L classes.
 
-    ``model``: an MSRN in eval mode, on ``device``; ``words``: its word vectors (C, 300);
+    ``model``: an MSRN in eval mode, on ``device`` (the bare model, not a DDP wrapper: call it on
+    the main process only); ``words``: its word vectors (C, 300);
     ``image_size``: the side the model was evaluated at. The images go through the evaluation
     transform (util.eval_transform) and the trunk in batches of ``batch_size`` on ``device``;
     each image's maps are computed for its own classes only (memory: L x 512 x positions).

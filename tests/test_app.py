@@ -2,6 +2,7 @@
 used in a real browser (tests/browser.py)."""
 import csv
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -66,9 +67,19 @@ def test_predict_endpoint_gives_predict_py_probabilities(served, tmp_path, capsy
         got = {item['label']: item['confidence'] for item in payload['confidences']}
         assert header[2:] == classes and sorted(got) == sorted(classes)
         assert [got[name] for name in header[2:]] == pytest.approx([float(p) for p in row[2:]], abs=1e-5)
+    assert docs_example(url, images[0]) == pytest.approx(dict(zip(header[2:], map(float, rows[0][2:]))), abs=1e-5)
     (tmp_path / 'notes.txt').write_text('not an image')
     with pytest.raises(Exception, match='not an image that can be read'):
         client.predict(handle_file(str(tmp_path / 'notes.txt')), api_name='/predict')
+
+
+def docs_example(url, image):
+    """The gradio_client example of docs/using.md, run as written on this server and image: {class: probability}."""
+    with open(os.path.join(REPO, 'docs', 'using.md'), encoding='utf-8') as f:
+        code = next(block for block in re.findall(r'```python\n(.*?)```', f.read(), re.S) if 'gradio_client' in block)
+    scope = {}
+    exec(code.replace("'http://127.0.0.1:7860/'", repr(url)).replace("'photo.jpg'", repr(image)), scope)
+    return scope['probabilities']
 
 
 def predict_main(images, checkpoint, out):
@@ -97,6 +108,22 @@ def test_the_app_in_a_browser(served, browser, tmp_path):
         tab.wait_for_timeout(500)   # the sheet fades in
         assert not chromium.is_blank(chromium.screenshot(tab, 'app', full_page=True))
         assert not [e for e in errors if 'favicon' not in e]
+
+
+def test_labels_follow_the_slider_or_each_classs_threshold():
+    probabilities = torch.tensor([0.2, 0.7, 0.4])
+    assert app.labels_text(['a', 'b', 'c'], probabilities, [0.5] * 3, False) == \
+        'Labels at or above the threshold 0.50: **b** 0.700'
+    assert app.labels_text(['a', 'b', 'c'], probabilities, [0.1, 0.9, 0.3], True) == \
+        "Labels at or above its class threshold: **c** 0.400, **a** 0.200"
+    assert app.labels_text(['a', 'b', 'c'], probabilities, [0.9] * 3, False) == \
+        'No label reaches the threshold 0.90 (best: b 0.700).'
+
+
+def test_bad_flags_stop_the_start_with_one_line():
+    result = run_main('app.py', '--resume', 'x.pth.tar', '--threshold', '0.3', '--thresholds', 't.json')
+    assert_one_line_error(result, r'give --threshold .* or --thresholds .*not both')
+    assert_one_line_error(run_main('app.py', '--resume', 'x.pth.tar', '--threshold', '2'), r'not a probability')
 
 
 def test_a_checkpoint_that_is_not_msrn_stops_the_start_with_one_line(tmp_path):
