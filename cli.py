@@ -274,6 +274,10 @@ def add_invocation_arguments(group, dataset):
     group.add_argument('--thresholds', default=None, metavar='FILE',
                        help='with -e: also measure OP ... CF1 with these per-class thresholds (a thresholds.json '
                             'calibrated on another split)')
+    group.add_argument('--report', action='store_true',
+                       help='with -e: also write the evaluation as one self-contained HTML page beside the eval JSON '
+                            '(per-class table, precision-recall curves, the most wrong images with their attention, '
+                            'the label graph)')
     own_data = '/<DIR\'s name>' if dataset.classes is None else ''
     group.add_argument('--save-dir', default=os.path.join(REPO_DIR, dataset.save_dir), metavar='DIR',
                        help=f'checkpoints, logs, eval JSON, curves and TensorBoard events (default: the folder '

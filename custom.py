@@ -1,7 +1,9 @@
 """Your own multi-label data: a folder with ``train.csv`` and ``val.csv`` (docs/datasets.md, "Your own data").
 
 - ``<split>.csv``: header ``filepath,labels``; ``filepath`` relative to the folder, ``labels`` the
-  image's labels separated by ``|`` (an empty field: no label). UTF-8; a BOM is fine.
+  image's labels separated by ``|`` (an empty field: no label). UTF-8; a BOM is fine. More columns
+  after these two (the probabilities of a ``predict.py --out`` CSV) are ignored, with one line
+  saying so.
 - ``classes.txt`` (optional): one class name per line, fixing the class order; without it the
   classes are the training labels in sorted (code point) order.
 - Or, instead of the split files, one CSV with header ``filepath,label,split_name`` (the ASL
@@ -117,23 +119,28 @@ def read_rows(root, split):
     separator = _wrong_separator(found or [])
     if separator:
         raise DatasetError(f'{path}:1: header is {found[0]!r}: {_separator_fix(separator)}')
-    if found is None or [field.strip().lower() for field in found] != header:
+    names = [field.strip().lower() for field in found or []]
+    extra = header == HEADER and len(names) > len(header)   # e.g. predict.py's probability columns
+    if names[:len(header)] != header or (len(names) > len(header) and not extra):
         shown = ','.join(found) if found else 'nothing'
         raise DatasetError(f'{path}:1: header is {shown!r}, expected "{",".join(header)}" ({HINT})')
+    if extra:
+        _note_extra_columns(path, found[len(header):])
+    expected = ','.join(header) + (',...' if extra else '')
     entries, seen = [], {}
     for row in rows:
         lineno = rows.line_num
         if not row:
             continue
-        if len(row) != len(header):
+        if len(row) != len(found):
             separator = _wrong_separator(row)
             if separator:
                 fix = _separator_fix(separator)
-            elif len(row) > len(header):
+            elif len(row) > len(found):
                 fix = f'separate labels with "{SEPARATOR}", and quote a filepath that holds a comma'
             else:
-                fix = f'write each row as "{",".join(header)}"'
-            raise DatasetError(f'{path}:{lineno}: expected {len(header)} fields ({",".join(header)}), found '
+                fix = f'write each row as "{expected}"'
+            raise DatasetError(f'{path}:{lineno}: expected {len(found)} fields ({expected}), found '
                                f'{len(row)}; {fix}')
         if not row[0].strip():
             raise DatasetError(f'{path}:{lineno}: empty filepath')
@@ -145,6 +152,18 @@ def read_rows(root, split):
         if header == HEADER or row[2].strip() == split:
             entries.append((lineno, row[0].strip(), _labels(row[1], path, lineno, header == SINGLE_HEADER)))
     return path, entries
+
+
+_noted = set()   # the CSV files whose extra columns were announced, once per process
+
+
+def _note_extra_columns(path, columns):
+    """Say once per file that columns after ``filepath,labels`` (predict.py's probabilities) are not read."""
+    key = os.path.abspath(path)
+    if key not in _noted:
+        _noted.add(key)
+        shown = ','.join(columns[:3]) + (',...' if len(columns) > 3 else '')
+        print(f'[dataset] {path}: reading filepath,labels; the {len(columns)} other columns ({shown}) are ignored')
 
 
 def _labels_fix(name):

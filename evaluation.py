@@ -9,12 +9,14 @@ from run_folder import eval_record
 
 
 def evaluate(engine, model, criterion, dataset, *, epoch, eval_name, thresholds=None, calibrate=None,
-             thresholds_name=None, data=None):
+             thresholds_name=None, data=None, write_page=None):
     """Validate ``model`` on ``dataset`` with ``engine``; on rank 0 print the per-class AP, write the
     eval JSON ``eval_name`` into the engine's folder; return the mAP. ``epoch``: the checkpoint's, for
     the JSON. ``thresholds``: a thresholds.json to measure OP ... CF1 with. ``calibrate``: 'f1' or
     'precision=P': choose per-class thresholds on this split and write them as ``thresholds_name``.
-    ``data``: the dataset folder, named in the thresholds file."""
+    ``data``: the dataset folder, named in the thresholds file. ``write_page``:
+    ``write_page(results, thresholds, label)`` writes the HTML page of the evaluation and returns
+    its path (``run.build_report``)."""
     classes = engine.class_names
     given = metrics.read_thresholds(thresholds, classes)['thresholds'] if thresholds else None  # before the work
     results = engine.evaluate(model, criterion, dataset)
@@ -30,6 +32,8 @@ def evaluate(engine, model, criterion, dataset, *, epoch, eval_name, thresholds=
             record['calibrated_thresholds'] = calibrate_thresholds(results, calibrate, engine, thresholds_name, where)
         if engine.folder:
             engine.folder.write_json(eval_name, record)
+        if write_page is not None:
+            print(f'=> the report page: {write_page(results, given, engine.val_split)}')
     distributed.barrier()  # every process returns once rank 0 has written its files
     return results['mAP']
 

@@ -14,13 +14,12 @@ import os
 import sys
 from contextlib import nullcontext
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image, ImageDraw
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+import attention_sheet
 import checkpoint as ckpt
 import cli
 import distributed
@@ -141,44 +140,16 @@ def attention_png_path(out_dir, path, root):
     return os.path.join(out_dir, os.path.relpath(os.path.abspath(path), root) + '.attention.png')
 
 
-ATTENTION_TILE = 224  # px: the longer side of each picture in an attention PNG
-CAPTION_HEIGHT = 14  # px: the strip above each picture that says what it shows
-
-
-def save_attention_png(path, image, labels, maps):
-    """One row per label: the image captioned with the label, then its attention at each level
-    (colour map 'jet' over the map's own range, blended half and half with the image)."""
-    from matplotlib import colormaps
-    jet = colormaps['jet']
-    scale = ATTENTION_TILE / max(image.size)
-    width, height = max(1, round(image.width * scale)), max(1, round(image.height * scale))
-    picture = image.resize((width, height), Image.BILINEAR)
-    sheet = Image.new('RGB', ((1 + len(maps)) * width, len(labels) * (CAPTION_HEIGHT + height)), 'white')
-    draw = ImageDraw.Draw(sheet)
-    for row, (name, probability) in enumerate(labels):
-        tiles = [(picture, f'{name} {probability:.2f}')]
-        for level, level_maps in enumerate(maps, 1):  # level_maps: (labels, h, w)
-            heat = F.interpolate(level_maps[None, None, row], size=(height, width), mode='bilinear',
-                                 align_corners=False)[0, 0]                          # (height, width)
-            heat = (heat - heat.min()) / (heat.max() - heat.min()).clamp_min(1e-12)
-            colours = Image.fromarray((jet(heat.numpy())[..., :3] * 255).astype(np.uint8))
-            caption = f'level {level} ({level_maps.shape[-2]}x{level_maps.shape[-1]})'
-            tiles.append((Image.blend(picture, colours, 0.5), caption))
-        top = row * (CAPTION_HEIGHT + height)
-        for column, (tile, caption) in enumerate(tiles):
-            draw.text((column * width + 2, top + 1), caption, fill='black')
-            sheet.paste(tile, (column * width, top + CAPTION_HEIGHT))
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    sheet.save(path, compress_level=1)  # fast: these PNGs are photos, which compress little anyway
-
-
 def write_attention_maps(model, words, path, features, probabilities, classes, thresholds, out_path):
-    """The attention maps of the predicted labels (or the most probable one) of one image."""
+    """The attention sheet (attention_sheet.py) of one image: a row per predicted label, or when
+    none is predicted one row for the most probable label, marked as not predicted."""
     shown = predicted_labels(probabilities, classes, thresholds) or \
         [(classes[int(probabilities.argmax())], float(probabilities.max()))]
+    indices = [classes.index(name) for name, _ in shown]
     with torch.no_grad():
-        maps = model.attention_maps(features, words, [classes.index(name) for name, _ in shown])
-    save_attention_png(out_path, open_rgb(path), shown, [m[0].float().cpu() for m in maps])
+        maps = model.attention_maps(features, words, indices)
+    rows = [attention_sheet.Row(name, probability, thresholds[k]) for (name, probability), k in zip(shown, indices)]
+    attention_sheet.save_sheet(out_path, open_rgb(path), rows, [m[0] for m in maps])
 
 
 # ---- the command --------------------------------------------------------------------------------

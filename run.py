@@ -2,7 +2,7 @@
 engine, the settings a checkpoint brings, the save folder; then training, or with ``-e`` an
 evaluation (``evaluation.py``). Also the trained model that predict.py, export.py and app.py use.
 
-Modules that read the parsed arguments: run.py, predict.py and export.py.
+Modules that read the parsed arguments: run.py, predict.py, export.py and app.py.
 
 Every other module takes explicit keyword arguments (the scripts under tools/ and bench/ have
 small parsers of their own).
@@ -20,6 +20,7 @@ import cli
 import distributed
 import evaluation
 import label_files
+import report_page
 import run_folder
 from engine import GCNMultiLabelMAPEngine, LoopSettings
 from errors import CheckpointError, UsageError, guarded
@@ -30,8 +31,9 @@ from util import seed_everything
 # flags that only training reads, left out of what an evaluation prints
 TRAINING_ONLY = {'epochs', 'epoch_step', 'lr', 'momentum', 'weight_decay', 'clip_grad_norm', 'sync_bn', 'ema_decay',
                  'start_epoch', 'overwrite', 'tensorboard', 'finetune', 'pretrained', 'pretrain_model'}
-EVALUATION_ONLY = {'split', 'calibrate', 'thresholds'}
+EVALUATION_ONLY = {'split', 'calibrate', 'thresholds', 'report'}
 ASL_FLAGS = {'asl_gamma_neg', 'asl_gamma_pos', 'asl_clip'}
+QUIET_DEFAULTS = {'download': True, 'print_freq': 0}  # defaults that turn nothing on: not printed
 
 
 def main(dataset, argv=None):
@@ -68,10 +70,12 @@ def run(args, given, dataset, recipe):
     engine = build_engine(args, device, checkpoint, run_settings, evaluated_split(args, dataset))
     try:
         if args.evaluate:
+            report = build_report(args, dataset, stored, test_set, graph, model, device) if args.report else None
             return evaluation.evaluate(
                 engine, model, build_criterion(args), test_set, epoch=engine.start_epoch, eval_name=eval_name(args),
                 thresholds=args.thresholds, calibrate=args.calibrate,
-                thresholds_name=unused_name(args.save_dir, 'thresholds', '.json'), data=os.path.abspath(args.data))
+                thresholds_name=unused_name(args.save_dir, 'thresholds', '.json'), data=os.path.abspath(args.data),
+                write_page=report)
         return engine.learning(model, build_criterion(args), train_set, test_set, build_optimizer(args, model))
     finally:
         distributed.cleanup()
@@ -222,7 +226,8 @@ def settings_in_effect(args, given, stored, recipe, amp):
     """(recipe, invocation): {flag: value} of the flags that apply to this run. Left out: what
     this kind of run does not read (training flags in an evaluation, ImageNet weights when a
     checkpoint gives the weights, a data file when the checkpoint holds its content, the asymmetric
-    loss's flags with another loss), and invocation flags that are off or unset."""
+    loss's flags with another loss), and invocation flags that are off or unset (or at a default
+    that turns nothing on: QUIET_DEFAULTS)."""
     unused = set(TRAINING_ONLY) if args.evaluate else set(EVALUATION_ONLY)
     if args.resume or args.finetune:
         unused |= {'pretrained', 'pretrain_model'}
@@ -237,8 +242,8 @@ def settings_in_effect(args, given, stored, recipe, amp):
             unused.add(flag)
     values = dict(vars(args), amp=amp)
     in_recipe = {k: values[k] for k in recipe if k not in unused}
-    invocation = {k: v for k, v in sorted(values.items())
-                  if k not in recipe and k not in unused and not (v is None or v is False or v == '')}
+    invocation = {k: v for k, v in sorted(values.items()) if k not in recipe and k not in unused
+                  and not (v is None or v is False or v == '' or QUIET_DEFAULTS.get(k, ...) == v)}
     return in_recipe, invocation
 
 
@@ -315,6 +320,24 @@ def build_engine(args, device, checkpoint, run_settings, val_split):
     folder = run_folder.RunFolder(args.save_dir if distributed.is_main_process() else None)
     return GCNMultiLabelMAPEngine(settings, device=device, folder=folder, resume=checkpoint,
                                   run_settings=run_settings, val_split=val_split)
+
+
+def build_report(args, dataset, stored, test_set, graph, model, device):
+    """``write_page(results, thresholds, label)`` for ``evaluation.evaluate``: writes the HTML page of
+    the evaluation (report_page.py) beside the eval JSON, under the eval JSON's name; returns its path."""
+    path = os.path.join(args.save_dir, unused_name(args.save_dir, eval_name(args)[:-len('.json')], '.html'))
+    info = {'dataset': dataset.title, 'split': evaluated_split(args, dataset), 'data': os.path.abspath(args.data),
+            'checkpoint': args.resume or 'none: the weights as built', 'settings': stored.args}
+    if args.thresholds:
+        info['thresholds_source'] = args.thresholds
+
+    def write_page(results, thresholds, label):
+        attention = report_page.ModelAttention(model, test_set.inp, args.image_size, device, args.batch_size)
+        return report_page.write_report(
+            path, run_info=dict(info, loss=results['loss'], label=label), evaluation=results['eval'],
+            scores=results['scores'], targets=results['targets'], classes=test_set.classes, image_paths=test_set.paths,
+            graph=graph, thresholds=thresholds, attention=attention, progress=args.progress)
+    return write_page
 
 
 def eval_name(args):

@@ -30,6 +30,15 @@ def http_server():
 
 
 @pytest.fixture(scope='session')
+def browser():
+    """Headless Chromium driven by Playwright (tests/browser.py), once per run; a test that uses it
+    skips, saying why, where there is no browser."""
+    from tests import browser as chromium
+    with chromium.launched() as instance:
+        yield instance
+
+
+@pytest.fixture(scope='session')
 def synthetic(tmp_path_factory):
     """Synthetic datasets written once per run: synthetic(name, **options) -> the writer's info
     dict (tools/synthetic_data.py). Tests that change files must copy the folder first."""

@@ -165,6 +165,10 @@ BAD_INPUTS = {
     'wrong field count': (
         lambda root: edit_line(root / 'val.csv', 3, 'images/val/0001.jpg,dog,tree'),
         r'val.csv:3: expected 2 fields \(filepath,labels\), found 3; separate labels with "\|"'),
+    'a row short of the extra columns': (
+        lambda root: (edit_line(root / 'val.csv', 1, 'filepath,labels,dog,tree'),
+                      edit_line(root / 'val.csv', 3, 'images/val/0001.jpg,dog,0.9')),
+        r'val.csv:2: expected 4 fields \(filepath,labels,...\), found 2; write each row as "filepath,labels,..."'),
     'semicolon-separated val.csv': (
         lambda root: (root / 'val.csv').write_text(
             (root / 'val.csv').read_text(encoding='utf-8').replace(',', ';'), encoding='utf-8'),
@@ -442,6 +446,29 @@ def test_predict_names_the_custom_classes(custom_run, capsys):
     shown = [line[2:].rsplit(' ', 1)[0].strip() for line in capsys.readouterr().out.splitlines()
              if line.startswith('  ')]
     assert sorted(shown) == SORTED
+
+
+@pytest.mark.slow
+def test_predictions_csv_feeds_back_as_training_data(custom_run, tmp_path, monkeypatch):
+    """docs/using.md: predict.py --out writes the train.csv format, so its CSV, run in the data folder
+    on paths relative to it, is train.csv and val.csv of a new run (the probability columns ignored)."""
+    info, save, _ = custom_run
+    root = tmp_path / 'reviewed'
+    shutil.copytree(f"{info['root']}/images", root / 'images')
+    monkeypatch.chdir(root)
+    for split in ('train', 'val'):   # threshold 0: every class is a label, so every class is in train.csv
+        assert predict.main([f'images/{split}', '--resume', str(save / 'model_best.pth.tar'), '--out', f'{split}.csv',
+                             '--threshold', '0', '-j', '0', '--device', 'cpu', '--no-download']) == 0
+    header = (root / 'train.csv').read_text(encoding='utf-8').splitlines()[0]
+    assert header == 'filepath,labels,' + ','.join(SORTED)
+    code, out = run_demo(demo_custom_gcn, custom_argv(root, tmp_path / 'run'))
+    assert code == 0, out
+    for split in ('train', 'val'):   # said once per file, though each is read several times
+        assert out.count(f'[dataset] {root / split}.csv: reading filepath,labels; the 6 other columns '
+                         f'({",".join(SORTED[:3])},...) are ignored') == 1, out
+    record = json.loads((tmp_path / 'run' / 'eval_epoch001.json').read_text())
+    assert [row['class'] for row in record['per_class_ap']] == SORTED
+    assert record['num_samples'] == len(list((root / 'images' / 'val').iterdir()))
 
 
 @pytest.mark.slow

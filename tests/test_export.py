@@ -32,7 +32,7 @@ SIZE = 64
 def onnx_example(model_path, image_path):
     """The onnxruntime example of docs/using.md, run as written on these files: {class: probability}."""
     with open(os.path.join(REPO, 'docs', 'using.md'), encoding='utf-8') as f:
-        code = re.search(r'```python\n(.*?)```', f.read(), re.S).group(1)
+        code = next(block for block in re.findall(r'```python\n(.*?)```', f.read(), re.S) if 'onnxruntime' in block)
     scope = {}
     exec(code.replace("'model.onnx'", repr(str(model_path))).replace("'photo.jpg'", repr(str(image_path))), scope)
     return scope['probabilities']

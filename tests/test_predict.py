@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+import attention_sheet
 import label_files
 import predict
 import voc
@@ -79,11 +80,11 @@ def test_prints_each_images_top_labels_and_writes_attention_maps(trained_checkpo
     for image in images:
         png = tmp_path / 'maps' / f'{image.name}.attention.png'
         assert png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
-        # threshold 0: a row for each of the 20 labels; the image and its three levels side by side
+        # threshold 0: a row for each of the 20 labels, the image and its three levels side by side, the legend
         width, height = Image.open(image).size
-        tile = predict.ATTENTION_TILE
-        assert Image.open(png).size == (4 * round(width * tile / max(width, height)),
-                                        20 * (predict.CAPTION_HEIGHT + round(height * tile / max(width, height))))
+        tile = attention_sheet.TILE
+        assert Image.open(png).size == (4 * tile, 20 * (attention_sheet.CAPTION_HEIGHT + round(height * tile / width))
+                                        + attention_sheet.LEGEND_HEIGHT)
     assert f"=> attention maps in {tmp_path / 'maps'}/" in out
 
 
