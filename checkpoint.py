@@ -4,16 +4,19 @@ them atomically, and ImageNet trunk weights.
 A checkpoint is a dict with the official keys, which the official code reads too: ``epoch``
 (completed epochs), ``arch``, ``state_dict`` (bare model, no ``module.`` prefix), ``best_score``
 (best mAP in percent). Ours add the run's settings, so that evaluation, resume and prediction
-need nothing else (``RunSettings``): ``args`` (the recipe's flags), ``classes`` (class names), ``adj`` and
+need nothing else (``RunSettings``): ``dataset`` (its name), ``args`` (the recipe's flags), ``classes`` (class names), ``adj`` and
 ``nums`` (the label graph's counts), ``word_vectors`` [C, 300]. ``checkpoint.pth.tar`` also holds
 what an exact resume needs: ``optimizer``, ``scaler`` (GradScaler), ``rng`` (Python, numpy, torch
-and CUDA generators of every process), ``ema`` (the weight average, when on).
+and CUDA generators of every process), ``ema`` (the weight average, when on), ``loader_seed``
+(the augmentation seed of loader processes) and, when written within an epoch, ``position``
+(where: the epoch's order and how far it got, the epoch's meters and scores so far).
 ``model_best.pth.tar`` holds the weights that scored best, without that training state, and
 ``best_weights`` (``'model'`` or ``'ema'``: which weights they are). Everything is tensors and
 plain containers, so ``torch.load(weights_only=True)`` reads it.
 """
 import os
 import re
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Optional
@@ -141,6 +144,7 @@ class RunSettings:
     """What our checkpoints carry beside the weights, so that evaluation, resume and prediction need
     nothing else; released checkpoints carry none of it (every field None). ``entries`` writes
     them and ``read`` reads them back, under the same keys."""
+    dataset: Optional[str] = None    # 'dataset': the name of its DatasetSpec
     args: Optional[dict] = None      # 'args': the recipe's flags {name: value}
     classes: Optional[list] = None   # 'classes': the class names
     graph: Optional[dict] = None     # 'adj', 'nums': the label graph's counts, under the label files' keys
@@ -149,6 +153,8 @@ class RunSettings:
     def entries(self):
         """The checkpoint entries (those that are set)."""
         entries = {}
+        if self.dataset is not None:
+            entries['dataset'] = self.dataset
         if self.args is not None:
             entries['args'] = _plain(self.args)
         if self.classes is not None:
@@ -163,6 +169,8 @@ class RunSettings:
     def read(cls, checkpoint):
         """The settings a checkpoint dict carries (what it lacks stays None)."""
         settings = cls()
+        if isinstance(checkpoint.get('dataset'), str):
+            settings.dataset = checkpoint['dataset']
         if isinstance(checkpoint.get('args'), Mapping):
             settings.args = dict(checkpoint['args'])
         if isinstance(checkpoint.get('classes'), (list, tuple)):
@@ -198,14 +206,19 @@ def _official(epoch, state_dict, best_score, settings):
             'best_score': best_score}
 
 
-def training_checkpoint(epoch, state_dict, best_score, settings, *, optimizer, scaler, rng, ema=None):
+def training_checkpoint(epoch, state_dict, best_score, settings, *, optimizer, scaler, rng, ema=None,
+                        loader_seed=None, position=None):
     """``checkpoint.pth.tar``'s dict: everything an exact resume needs (``restore_training``,
-    ``rng_state_of_rank``). ``settings``: the run's ``RunSettings``; ``rng``: every process's
-    ``util.get_rng_state()``; ``ema``: the weight average's state_dict, when on."""
+    ``rng_state_of_rank``, ``position_of``, ``loader_seed_of``). ``epoch``: the epochs completed.
+    ``settings``: the run's ``RunSettings``; ``rng``: every process's ``util.get_rng_state()``;
+    ``ema``: the weight average's state_dict, when on; ``loader_seed``: the run's augmentation
+    seed of loader processes; ``position``: where in epoch ``epoch`` (0-based) a mid-epoch
+    checkpoint stopped (the engine's ``training_position``, ``validation_position``)."""
     state = {**_official(epoch, state_dict, best_score, settings), **settings.entries(), 'optimizer': optimizer,
              'scaler': scaler, 'rng': rng}
-    if ema is not None:
-        state['ema'] = ema
+    for key, value in (('ema', ema), ('loader_seed', loader_seed), ('position', position)):
+        if value is not None:
+            state[key] = value
     return state
 
 
@@ -239,6 +252,20 @@ def restore_training(checkpoint, optimizer, scaler, ema=None):
             print('=> checkpoint has no weight average: the EMA starts from the loaded weights')
 
 
+def position_of(checkpoint):
+    """Where in its epoch a mid-epoch ``training_checkpoint`` stopped, or None (an epoch's end)."""
+    return (checkpoint or {}).get('position')
+
+
+def loader_seed_of(checkpoint, seed=None):
+    """The run's augmentation seed of loader processes: the checkpoint's, else ``seed`` (--seed),
+    else a fresh random one."""
+    stored = (checkpoint or {}).get('loader_seed')
+    if stored is not None:
+        return int(stored)
+    return seed if seed is not None else int.from_bytes(os.urandom(7), 'little')
+
+
 def rng_state_of_rank(checkpoint, rank, world_size):
     """This process's random-generator states in a ``training_checkpoint`` (rank 0's when the
     process count changed), or None."""
@@ -250,11 +277,15 @@ def rng_state_of_rank(checkpoint, rank, world_size):
 
 # ---- writing ------------------------------------------------------------------------------------
 
+TEMPORARY = re.compile(r'\.tmp-(?P<host>[^/]+)-(?P<pid>\d+)$')  # atomic_write's partial files
+
+
 def atomic_write(path, write):
-    """Call ``write(tmp_path)``, then rename onto ``path``: a crash leaves the old file intact."""
+    """Call ``write(tmp_path)``, then rename onto ``path``: a crash leaves the old file intact. The
+    temporary file is ``path.tmp-<host>-<pid>``, so a later run can tell one of a killed process."""
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f'{path}.tmp{os.getpid()}'
+    tmp = f'{path}.tmp-{socket.gethostname()}-{os.getpid()}'
     try:
         write(tmp)
         with open(tmp, 'rb') as f:

@@ -258,9 +258,20 @@ def add_invocation_arguments(group, dataset):
     group.add_argument('--print-freq', '-p', default=LOOP.print_freq, type=int, metavar='N',
                        help='print a line every N batches; 0 = progress bar only (default: 0)')
     add_progress_argument(group)
-    group.add_argument('--resume', default='', metavar='PATH',
+    group.add_argument('--resume', default='', metavar='PATH|auto',
                        help='checkpoint to continue from (ours or a released one); missing = error. Settings '
-                            'not given on the command line are taken from it')
+                            'not given on the command line are taken from it. auto: the checkpoint of the save '
+                            'folder if there is one, else a new run (the same command line can run again)')
+    group.add_argument('--checkpoint-interval', default=LOOP.checkpoint_interval, type=float, metavar='MIN',
+                       help='also write checkpoint.pth.tar within an epoch when the last one is MIN minutes old, so '
+                            'a crash loses at most that much; 0 = only after each epoch (default: '
+                            f'{LOOP.checkpoint_interval:g})')
+    group.add_argument('--requeue-signal', default='USR1', choices=['USR1', 'USR2', 'HUP', 'TERM'],
+                       help="the signal after which (besides SIGTERM) a run stops at the next step with a "
+                            "checkpoint, and under SLURM queues its job again (default: USR1, for SLURM's "
+                            '--signal=USR1@120)')
+    group.add_argument('--connect-timeout', default=120, type=int, metavar='S',
+                       help='under torchrun, seconds the processes may take to join one another (default: 120)')
     group.add_argument('-e', '--evaluate', dest='evaluate', action='store_true',
                        help='evaluate the model on the test split and exit (use with --resume); '
                             'nothing of the training split is read')

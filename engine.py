@@ -37,6 +37,7 @@ the run folder in one call (``RunFolder.write_epoch``), outside the loop. One co
 process or many (torchrun + DistributedDataParallel).
 """
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -45,17 +46,17 @@ from typing import Optional
 import torch
 import torch.nn as nn
 import torchvision.transforms as transforms
-from prefetch_generator import BackgroundGenerator
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 import checkpoint as ckpt
 import distributed
 import metrics
+import preemption
 import report
-from errors import NonFiniteLossError, NonFiniteOutputError, UsageError
-from run_folder import RunFolder, eval_record, tensorboard_scalars
+from errors import NonFiniteLossError, NonFiniteOutputError, Stopped, UsageError
+from loader import DataLoaderX, EpochSampler, SeededItems
+from run_folder import CHECKPOINT_NAME, RunFolder, eval_record, tensorboard_scalars
 from util import (AveragePrecisionMeter, AverageValueMeter, ModelEma, MultiScaleCrop, eval_transform, get_rng_state,
                   set_rng_state)
 
@@ -83,16 +84,14 @@ class LoopSettings:
     ema_decay: float = 0.0          # keep and validate an average of the weights with this decay; 0: off
     loss: str = 'multilabel-soft-margin'  # the classification loss's name, shown in the epoch line
     tensorboard: bool = True        # write TensorBoard events while training
+    checkpoint_interval: float = 30.0  # minutes: also write a mid-epoch checkpoint when the last is this old; 0: off
 
     def __post_init__(self):
         object.__setattr__(self, 'epoch_step', tuple(self.epoch_step))
 
 
-class DataLoaderX(DataLoader):
-    """DataLoader whose batches are fetched one ahead in a background thread (official)."""
-
-    def __iter__(self):
-        return BackgroundGenerator(super().__iter__())
+class _StopRequested(Exception):
+    """Every process agreed to stop at this step boundary (raised inside an epoch, handled by ``learning``)."""
 
 
 def lr_at(base_lr, epoch, epoch_step):
@@ -128,35 +127,47 @@ class GCNMultiLabelMAPEngine:
     """
 
     def __init__(self, settings=LoopSettings(), *, device=torch.device('cpu'), folder=None, resume=None,
-                 run_settings=None, val_split='val', difficult_examples=True):
+                 run_settings=None, val_split='val', difficult_examples=True, stop=None):
         self.settings, self.device = settings, torch.device(device)
         self.folder = folder if folder is not None else RunFolder(None)
         self.resume = resume
         self.run_settings = run_settings if run_settings is not None else ckpt.RunSettings()
         self.class_names = self.run_settings.classes
         self.val_split, self.difficult_examples = val_split, difficult_examples
+        self.stop = stop if stop is not None else preemption.StopRequest()  # set by preemption.handling
         self.amp = self.device.type == 'cuda' if settings.amp is None else settings.amp
         self.amp_dtype = AMP_DTYPES[settings.amp_dtype]
         self.progress = sys.stderr.isatty() if settings.progress is None else settings.progress
         self.start_epoch = int(resume.get('epoch', 0)) if resume is not None else settings.start_epoch
         self.best_score = float(resume.get('best_score', 0.0)) if resume is not None else 0.0
+        self.position = ckpt.position_of(resume)  # where in its epoch a mid-epoch checkpoint stopped
+        # the augmentation seeds of loader processes (loader.py): the run's, kept across resumes
+        self.loader_seed = distributed.all_gather_objects(ckpt.loader_seed_of(resume, settings.seed))[0]
         self.best_ap = None  # rank 0: {'epoch', 'label', 'ap'} of the best weights validated in this run
         self.ema = None  # ModelEma when settings.ema_decay > 0, made when training starts
         # One scaler for the whole run: its scale adapts across iterations and is checkpointed.
         # bfloat16 has float32's exponent range: its gradients need no scaling.
         self.scaler = _grad_scaler(self.amp and self.amp_dtype == torch.float16)
         self.lr_names = None  # lr_group_names of the optimizer, once training starts
-        self.state = {'meter_loss': AverageValueMeter(), 'ap_meter': AveragePrecisionMeter(difficult_examples)}
+        self.training = None  # (model, optimizer, training loader) while learning() runs
+        self.last_save = time.monotonic()  # when this process last wrote a checkpoint (the timer's start)
+        self.state = {'meter_loss': AverageValueMeter(), 'ap_meter': AveragePrecisionMeter(difficult_examples),
+                      'prefix': None}
 
     # ---- one epoch: the loop and its hooks, in the order they run ------------------------------
-    def run_epoch(self, training, data_loader, model, criterion, optimizer=None, desc=''):
-        """One pass over ``data_loader`` through the hooks; returns ``state['results']``."""
+    def run_epoch(self, training, data_loader, model, criterion, optimizer=None, desc='', first_step=0):
+        """One pass over ``data_loader`` through the hooks; returns ``state['results']``.
+        ``first_step``: the steps of the epoch done before (a resumed epoch counts on from there)."""
         s = self.state
         self.on_start_epoch()
+        if first_step:
+            self.restore_meters(self.position)
         main = distributed.is_main_process()
-        bar = tqdm(data_loader, desc=desc, leave=False, dynamic_ncols=True, disable=not (self.progress and main))
+        steps = first_step + len(data_loader)
+        bar = tqdm(data_loader, desc=desc, leave=False, dynamic_ncols=True, disable=not (self.progress and main),
+                   initial=first_step, total=steps)
         end = time.perf_counter()
-        for i, sample in enumerate(bar):
+        for i, sample in enumerate(bar, first_step):
             data_time = time.perf_counter() - end
             s['iteration'] = i
             self.on_start_batch(sample)
@@ -165,17 +176,38 @@ class GCNMultiLabelMAPEngine:
             batch_time = time.perf_counter() - end
             end = time.perf_counter()
             if self.settings.print_freq and i % self.settings.print_freq == 0 and main:
-                tqdm.write(f'{desc} [{i}/{len(data_loader)}]  time {batch_time:.3f}  data {data_time:.3f}  '
+                tqdm.write(f'{desc} [{i}/{steps}]  time {batch_time:.3f}  data {data_time:.3f}  '
                            f"loss {s['loss_value']:.4f} ({s['meter_loss'].value()[0]:.4f})")
             bar.set_postfix(loss=f"{s['meter_loss'].value()[0]:.4f}",
                             img_s=f"{len(s['labels']) / max(batch_time, 1e-9):.1f}", refresh=False)
+            self.step_boundary(training, i + 1, i + 1 - first_step)
         bar.close()
-        self.on_end_epoch(training, len(data_loader.dataset))
+        self.on_end_epoch(training, data_loader.sampler.remaining)
         return s['results']
+
+    def step_boundary(self, training, step, steps_of_pass):
+        """After a step: every process agrees whether one was asked to stop (a signal) and whether
+        rank 0's checkpoint timer ran out; stops (``_StopRequested``), or writes a mid-epoch
+        checkpoint when training and the timer ran out."""
+        interval = self.settings.checkpoint_interval * 60
+        timer = training and interval > 0 and distributed.is_main_process() and \
+            time.monotonic() - self.last_save >= interval
+        stop, timer = distributed.agree(self.stop.requested, timer)
+        if stop:
+            raise _StopRequested('train', step, steps_of_pass) if training else _StopRequested('validate')
+        if timer:
+            self.save_position(*self.training_position(step, steps_of_pass))
 
     def on_start_epoch(self):
         self.state['meter_loss'].reset()
         self.state['ap_meter'].reset()
+        self.state['prefix'] = None
+
+    def restore_meters(self, position):
+        """The meters of an interrupted epoch: the loss meter's sums, and the rows of scores and
+        targets of every sample seen before (``state['prefix']``, in the epoch's order)."""
+        self.state['meter_loss'].load_state_dict(position['loss_meter'])
+        self.state['prefix'] = (position['scores'], position['targets'])
 
     def on_start_batch(self, sample):
         """Unpack the loader's ``((images, names, word_vectors), labels)`` onto the device."""
@@ -219,11 +251,11 @@ class GCNMultiLabelMAPEngine:
         self.state['ap_meter'].add(self.state['output'].detach(), self.state['labels'])
 
     def on_end_epoch(self, training, num_samples):
-        """``state['results']``: the mean loss and the mAP (percent) over every process's scores;
-        after a validation, rank 0 also gets 'eval', every metric (``metrics.evaluate``)."""
-        meter = self.state['ap_meter']
-        scores = distributed.gather_in_order(meter.scores, num_samples)
-        targets = distributed.gather_in_order(meter.targets, num_samples)
+        """``state['results']``: the mean loss and the mAP (percent) over every process's scores (of
+        ``num_samples`` distinct samples in this pass, after those of ``state['prefix']``); after a
+        validation, rank 0 also gets 'eval', every metric (``metrics.evaluate``)."""
+        scores, targets = self.gathered_rows(num_samples)
+        num_samples = len(scores)
         broken = int((~torch.isfinite(scores)).any(1).sum())
         if broken and not training:  # every process sees the gathered scores, so all stop together
             raise NonFiniteOutputError(
@@ -238,9 +270,20 @@ class GCNMultiLabelMAPEngine:
             results.update(mAP=results['eval']['mAP'], scores=scores, targets=targets)
         self.state['results'] = results
 
-    def train(self, data_loader, model, criterion, optimizer, epoch):
+    def gathered_rows(self, num_samples):
+        """(scores, targets) of the epoch so far, every process's rows in the epoch's order: the
+        prefix of an interrupted epoch, then ``num_samples`` rows of this pass."""
+        meter = self.state['ap_meter']
+        scores = distributed.gather_in_order(meter.scores, num_samples)
+        targets = distributed.gather_in_order(meter.targets, num_samples)
+        if self.state['prefix'] is not None:
+            scores, targets = (torch.cat([before.to(now.dtype), now]) if len(now) else before.to(now.dtype)
+                               for before, now in zip(self.state['prefix'], (scores, targets)))
+        return scores, targets
+
+    def train(self, data_loader, model, criterion, optimizer, epoch, first_step=0):
         model.train()
-        return self.run_epoch(True, data_loader, model, criterion, optimizer, f'Epoch {epoch + 1} train')
+        return self.run_epoch(True, data_loader, model, criterion, optimizer, f'Epoch {epoch + 1} train', first_step)
 
     def validate(self, data_loader, model, criterion, label=None):
         """One evaluation pass; prints the summary (rank 0) and returns the results. ``label``:
@@ -265,29 +308,58 @@ class GCNMultiLabelMAPEngine:
 
     # ---- the run ------------------------------------------------------------------------------
     def learning(self, model, criterion, train_dataset, val_dataset, optimizer):
-        """Train epochs [start, epochs), validating after each; returns the best validation mAP."""
+        """Train epochs [start, epochs), validating after each; returns the best validation mAP.
+        A stop request (``self.stop``, set by a signal) ends it at the next step boundary with a
+        checkpoint and ``errors.Stopped``."""
         net = self.prepare(model, criterion)
         train_dataset.transform, val_dataset.transform = self.transforms(model)
         val_loader = self.make_loader(val_dataset, training=False)
         train_loader = self.prepare_training(model, optimizer, train_dataset)
+        self.training, self.last_save = (model, optimizer, train_loader), time.monotonic()
         try:
-            for epoch in range(self.start_epoch, self.settings.epochs):
-                self.state['epoch'] = epoch
-                lrs = self.adjust_learning_rate(optimizer, epoch)
-                train_loader.sampler.set_epoch(epoch)
-                start = time.perf_counter()
-                train = self.train(train_loader, net, criterion, optimizer, epoch)
-                train_time = time.perf_counter() - start
-                val = self.validate(val_loader, net, criterion)
-                ema_val = self.validate_ema(val_loader, criterion) if self.ema else None
-                self.record_epoch(model, optimizer, dict(epoch=epoch + 1, lr=lrs, train=train, val=val,
-                                                      ema_val=ema_val, train_time=train_time,
-                                                      time=time.perf_counter() - start))
+            try:
+                for epoch in range(self.start_epoch, self.settings.epochs):
+                    self.run_one_epoch(epoch, net, criterion, optimizer, train_loader, val_loader)
+            except _StopRequested as stop:
+                self.stop_within_epoch(*stop.args)
+        except KeyboardInterrupt:   # a second Ctrl-C, also while saving (which leaves the last checkpoint whole)
+            raise Stopped(f'interrupted; {self.on_disk()}', preemption.EXIT_INTERRUPTED) from None
         finally:
             self.folder.close_tensorboard()
+            self.training = None
         self.report_best()
         distributed.barrier()
         return self.best_score
+
+    def run_one_epoch(self, epoch, net, criterion, optimizer, train_loader, val_loader):
+        """Train (the rest of) ``epoch``, validate, record; stop after it if asked."""
+        model = self.training[0]
+        self.state['epoch'] = epoch
+        lrs = self.adjust_learning_rate(optimizer, epoch)
+        position, self.position = self.position, None
+        start = time.perf_counter() - (position['train_time'] if position else 0.0)
+        self.state['epoch_start'] = start
+        if position is not None and position['phase'] == 'validate':   # trained before the stop
+            train = position['train']
+        else:
+            train_loader.sampler.set_epoch(epoch)
+            first_step = 0
+            if position is not None:
+                sampler = train_loader.sampler
+                sampler.resume(position['order'].tolist(), position['start'], position['real'],
+                               position['world_size'])
+                self.position = position    # for restore_meters
+                first_step = position['step'] if position['world_size'] == sampler.world_size else 0
+            train = self.train(train_loader, net, criterion, optimizer, epoch, first_step)
+            self.position = None
+        train_time = time.perf_counter() - start
+        self.state['trained'] = (train, train_time, train_loader.rng_state)
+        val = self.validate(val_loader, net, criterion)
+        ema_val = self.validate_ema(val_loader, criterion) if self.ema else None
+        self.record_epoch(model, optimizer, dict(epoch=epoch + 1, lr=lrs, train=train, val=val, ema_val=ema_val,
+                                                 train_time=train_time, time=time.perf_counter() - start))
+        if distributed.agree(self.stop.requested)[0]:
+            self.stop_after(f'the end of epoch {epoch + 1}', f'{self.checkpoint_path()} (epoch {epoch + 1})')
 
     def evaluate(self, model, criterion, val_dataset):
         """Validate ``model`` once; returns the results (``on_end_epoch``; 'eval', 'scores' and
@@ -324,7 +396,9 @@ class GCNMultiLabelMAPEngine:
         if self.start_epoch >= self.settings.epochs:
             print(f'=> nothing to train: start epoch {self.start_epoch} >= epochs {self.settings.epochs}')
         rng = ckpt.rng_state_of_rank(self.resume, distributed.get_rank(), distributed.get_world_size())
-        if rng is not None:  # last: nothing above may draw from them
+        if rng is not None and self.position is not None and self.position['phase'] == 'train':
+            train_loader.restore_rng = rng   # the state after the last batch: once the epoch's loader is made
+        elif rng is not None:  # last: nothing above may draw from them
             set_rng_state(rng)
         return train_loader
 
@@ -338,12 +412,15 @@ class GCNMultiLabelMAPEngine:
         return train, eval_transform(size, mean, std)
 
     def make_loader(self, dataset, training):
-        """Shuffled (training) or ordered loader over this process's share of the dataset."""
-        sampler = DistributedSampler(dataset, num_replicas=distributed.get_world_size(),
-                                     rank=distributed.get_rank(), shuffle=training, seed=self.settings.seed or 0)
+        """Shuffled (training) or ordered loader over this process's share of the dataset; in
+        training with loader processes, each sample augmented with its own seed (loader.py)."""
         workers = self.settings.workers
-        return DataLoaderX(dataset, batch_size=self.settings.batch_size, sampler=sampler, num_workers=workers,
-                           pin_memory=self.device.type == 'cuda', persistent_workers=workers > 0)
+        seeded = training and workers > 0
+        sampler = EpochSampler(len(dataset), training, self.settings.seed or 0, distributed.get_rank(),
+                               distributed.get_world_size(), self.loader_seed if seeded else None)
+        return DataLoaderX(SeededItems(dataset) if seeded else dataset, batch_size=self.settings.batch_size,
+                           sampler=sampler, num_workers=workers, pin_memory=self.device.type == 'cuda',
+                           persistent_workers=workers > 0)
 
     def adjust_learning_rate(self, optimizer, epoch):
         """Set every group's lr from its base lr ('initial_lr') and ``epoch``; return the lrs in
@@ -365,6 +442,72 @@ class GCNMultiLabelMAPEngine:
         # Every trainable parameter must get a gradient (MSRN freezes its unused W, B, conv_buffer0),
         # so DDP can skip the per-iteration search for unused ones.
         return DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == 'cuda' else None)
+
+    # ---- stopping within an epoch, and going on from there --------------------------------------
+    def training_position(self, step, steps_of_pass):
+        """(Where training is in its epoch after ``step`` steps, ``steps_of_pass`` of them since this
+        process started the epoch or resumed it; this process's random-generator states then)."""
+        loader = self.training[2]
+        sampler = loader.sampler
+        consumed = sampler.start + steps_of_pass * self.settings.batch_size * sampler.world_size
+        scores, targets = self.gathered_rows(min(consumed, sampler.real) - min(sampler.start, sampler.real))
+        position = {'epoch': self.state['epoch'], 'phase': 'train', 'step': step, 'order': torch.tensor(sampler.order),
+                    'start': consumed, 'real': sampler.real, 'world_size': sampler.world_size,
+                    'loss_meter': self.state['meter_loss'].state_dict(), 'scores': scores,
+                    'targets': targets.to(torch.int8), 'train_time': time.perf_counter() - self.state['epoch_start']}
+        return position, loader.rng_state
+
+    def validation_position(self):
+        """(The epoch trained, its validation not recorded yet; the random-generator states then)."""
+        train, train_time, rng = self.state['trained']
+        return {'epoch': self.state['epoch'], 'phase': 'validate', 'train': train, 'train_time': train_time}, rng
+
+    def save_position(self, position, rng):
+        """Write a mid-epoch checkpoint of ``position`` (rank 0; every process calls it: it gathers
+        the processes' random-generator states ``rng``)."""
+        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+        rngs = distributed.all_gather_objects(dict(rng, cuda=cuda))
+        model, optimizer, _ = self.training
+        if self.folder:
+            ema = self.ema.module.state_dict() if self.ema is not None else None
+            self.folder.save_checkpoint(ckpt.training_checkpoint(
+                self.state['epoch'], model.state_dict(), self.best_score, self.run_settings,
+                optimizer=optimizer.state_dict(), scaler=self.scaler.state_dict(), rng=rngs, ema=ema,
+                loader_seed=self.loader_seed, position=position))
+        self.last_save = time.monotonic()
+
+    def stop_within_epoch(self, phase, step=None, steps_of_pass=None):
+        """Write where the epoch stopped, then ``stop_after`` it."""
+        if self.stop.signal_name == 'SIGINT':
+            print('=> Ctrl-C: writing a checkpoint, then stopping (Ctrl-C again stops at once)', flush=True)
+        epoch = self.state['epoch'] + 1
+        if phase == 'train':
+            where = f'epoch {epoch}, step {step}/{step - steps_of_pass + len(self.training[2])}'
+            self.save_position(*self.training_position(step, steps_of_pass))
+        else:
+            where = f'epoch {epoch}, after its training, during its validation'
+            self.save_position(*self.validation_position())
+        self.stop_after(where, f'{self.checkpoint_path()} (mid-epoch, written now)')
+
+    def stop_after(self, where, written):
+        """Every process stops (``errors.Stopped``), once rank 0 has written its checkpoint; rank 0
+        asks SLURM to queue the job again after the requeue signal."""
+        distributed.barrier()
+        requeued = preemption.requeue_job() if self.stop.requeue and distributed.is_main_process() else None
+        how = self.stop.signal_name or 'another process'
+        raise Stopped(f'stopped by {how} at {where}: {written}; to continue, run the same command with --resume '
+                      f'{self.checkpoint_path()} (or --resume auto)' + (f'; {requeued}' if requeued else ''),
+                      self.stop.exit_code)
+
+    def checkpoint_path(self):
+        return self.folder.file(CHECKPOINT_NAME) if self.folder else CHECKPOINT_NAME
+
+    def on_disk(self):
+        """What the save folder holds for a resume, in words."""
+        path = self.checkpoint_path()
+        if self.folder and not os.path.isfile(path):
+            return 'no checkpoint was written yet'
+        return f'the last complete checkpoint is {path}; to continue, run the same command with --resume {path}'
 
     # ---- what an epoch leaves behind ------------------------------------------------------------
     def record_epoch(self, model, optimizer, epoch):
@@ -392,7 +535,7 @@ class GCNMultiLabelMAPEngine:
             ema = self.ema.module.state_dict() if self.ema is not None else None
             state = ckpt.training_checkpoint(record['epoch'], model.state_dict(), self.best_score, self.run_settings,
                                              optimizer=optimizer.state_dict(), scaler=self.scaler.state_dict(),
-                                             rng=rng, ema=ema)
+                                             rng=rng, ema=ema, loader_seed=self.loader_seed)
             best = None
             if is_best:
                 weights = ema if winner == 'ema' else state['state_dict']
@@ -403,6 +546,7 @@ class GCNMultiLabelMAPEngine:
             scalars = tensorboard_scalars(record, self.lr_names, val['eval'], ema_val['eval'] if ema_val else None,
                                           self.class_names)
             self.folder.write_epoch(record, state, best, evaluation, scalars)
+        self.last_save = time.monotonic()
         print(report.format_epoch_line(record, self.settings.epochs, self.lr_names, self.settings.loss,
                                        best_from=winner if is_best else None))
 

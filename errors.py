@@ -40,6 +40,19 @@ class SaveError(MSRNError, RuntimeError):
     """A file of the save folder cannot be written (no space left, no permission, a read-only file system)."""
 
 
+class DistributedError(MSRNError, RuntimeError):
+    """The processes of a torchrun job cannot join one another."""
+
+
+class Stopped(MSRNError):
+    """Training stopped early on request (a signal, Ctrl-C), its checkpoint written: ``exit_code``
+    says how (preemption.EXIT_STOPPED, EXIT_INTERRUPTED)."""
+
+    def __init__(self, message, exit_code):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 class NonFiniteLossError(MSRNError, RuntimeError):
     """The training loss became NaN or infinite; training stops."""
 
@@ -55,6 +68,9 @@ def guarded(action, *args):
     try:
         action(*args)
         return 0
+    except Stopped as e:
+        print(e.line, file=sys.stderr, flush=True)
+        return e.exit_code
     except MSRNError as e:
         print(f'error: {e.line}', file=sys.stderr, flush=True)
         return 2

@@ -20,6 +20,7 @@ import cli
 import distributed
 import evaluation
 import label_files
+import preemption
 import report_page
 import run_folder
 from engine import GCNMultiLabelMAPEngine, LoopSettings
@@ -47,8 +48,17 @@ def run(args, given, dataset, recipe):
     """Build everything, then train (returns the best mAP) or with ``-e`` evaluate (its mAP).
     ``recipe``: the names of the recipe flags (``cli.recipe_names``)."""
     check_flags(args)
-    device = distributed.init_distributed_mode(args.device)  # first: only rank 0 prints what follows
+    device = distributed.init_distributed_mode(args.device, args.connect_timeout)  # first: rank 0 prints what follows
+    auto = args.resume == 'auto'
+    if auto:
+        find_resumed(args, given, dataset)
     checkpoint, stored, finetune = restore(args, given, recipe)
+    if auto and checkpoint is not None:
+        check_same_run(args, given, dataset, stored)
+        if finished(checkpoint, args.epochs):
+            print(f"=> --resume auto: the run in {os.path.dirname(args.resume)} finished its {args.epochs} epochs "
+                  f"(best mAP {float(checkpoint.get('best_score', 0.0)):.3f}): nothing to train")
+            return None
     if args.data is None:
         raise UsageError('the dataset folder DIR is missing (a checkpoint of ours given with --resume supplies it)')
     choose_save_dir(args, given, dataset)
@@ -65,18 +75,20 @@ def run(args, given, dataset, recipe):
     classes = test_set.classes
     graph = label_graph_input(args, given, stored, dataset, train_set, len(classes))
     model = build_model(args, len(classes), graph, checkpoint, finetune)
-    run_settings = ckpt.RunSettings(args=recipe_values(args, recipe), classes=classes, graph=graph,
-                                    word_vectors=test_set.inp.numpy())
-    engine = build_engine(args, device, checkpoint, run_settings, evaluated_split(args, dataset))
+    run_settings = ckpt.RunSettings(dataset=dataset.name, args=recipe_values(args, recipe), classes=classes,
+                                    graph=graph, word_vectors=test_set.inp.numpy())
     try:
         if args.evaluate:
+            engine = build_engine(args, device, checkpoint, run_settings, evaluated_split(args, dataset))
             report = build_report(args, dataset, stored, test_set, graph, model, device) if args.report else None
             return evaluation.evaluate(
                 engine, model, build_criterion(args), test_set, epoch=engine.start_epoch, eval_name=eval_name(args),
                 thresholds=args.thresholds, calibrate=args.calibrate,
                 thresholds_name=unused_name(args.save_dir, 'thresholds', '.json'), data=os.path.abspath(args.data),
                 write_page=report)
-        return engine.learning(model, build_criterion(args), train_set, test_set, build_optimizer(args, model))
+        with preemption.handling(args.requeue_signal) as stop:
+            engine = build_engine(args, device, checkpoint, run_settings, evaluated_split(args, dataset), stop)
+            return engine.learning(model, build_criterion(args), train_set, test_set, build_optimizer(args, model))
     finally:
         distributed.cleanup()
 
@@ -91,6 +103,46 @@ def check_flags(args):
 
 
 # ---- settings from a checkpoint -----------------------------------------------------------------
+
+def find_resumed(args, given, dataset):
+    """``--resume auto``: ``args.resume`` becomes the checkpoint of the save folder when it has one,
+    else '' (a new run). The folder is the one a new run of this command line would use."""
+    if 'save_dir' not in given and dataset.classes is None and args.data is None:
+        raise UsageError('--resume auto with your own data needs the dataset folder DIR (or --save-dir) to find '
+                         'the run')
+    choose_save_dir(args, given, dataset)
+    given.add('save_dir')   # decided: the resumed checkpoint's folder is this one
+    path = os.path.join(args.save_dir, run_folder.CHECKPOINT_NAME)
+    if os.path.exists(path):
+        print(f'=> --resume auto: continuing the run in {args.save_dir}')
+        args.resume = path
+    else:
+        print(f'=> --resume auto: no checkpoint in {args.save_dir}: a new run')
+        args.resume = ''
+
+
+def check_same_run(args, given, dataset, stored):
+    """``--resume auto`` continues only the run this command line started: a checkpoint of another
+    dataset, data folder or trunk is an error that names the difference."""
+    where = f'{args.save_dir} holds a run of'
+    if stored.dataset is not None and stored.dataset != dataset.name:
+        raise UsageError(f'{where} {stored.dataset}, not {dataset.name}: choose another --save-dir')
+    if dataset.classes is not None and stored.classes is not None and stored.classes != list(dataset.classes):
+        raise UsageError(f"{where} other classes ({', '.join(stored.classes[:3])}, ...) than {dataset.name}'s: "
+                         'choose another --save-dir')
+    made = stored.args or {}
+    for flag in ('data', 'backbone'):
+        if flag in given and made.get(flag) is not None:
+            now = os.path.abspath(args.data) if flag == 'data' else args.backbone
+            if now != made[flag]:
+                raise UsageError(f'{where} {made[flag]}, not {now} ({flag}): choose another --save-dir, or leave '
+                                 f'--resume auto out to start a new run elsewhere')
+
+
+def finished(checkpoint, epochs):
+    """Whether a checkpoint ends its run: every epoch trained, none in progress."""
+    return ckpt.position_of(checkpoint) is None and int(checkpoint.get('epoch', 0)) >= epochs
+
 
 def restore(args, given, recipe):
     """Read ``--resume`` and ``--finetune``; take the recipe the command line does not give from the
@@ -196,7 +248,12 @@ def claim_save_dir(args):
     """A training run never writes over another run's files: when ``args.save_dir`` holds a run that
     is not the one resumed, stop with a UsageError, or with ``--overwrite`` delete that run's files."""
     folder = args.save_dir
-    if args.evaluate or (args.resume and os.path.dirname(os.path.abspath(args.resume)) == os.path.abspath(folder)):
+    if args.evaluate:
+        return
+    if distributed.is_main_process():
+        for name in run_folder.remove_stale_temporaries(folder):
+            print(f'=> removed {os.path.join(folder, name)}: a partial file of a process that was killed while writing')
+    if args.resume and os.path.dirname(os.path.abspath(args.resume)) == os.path.abspath(folder):
         return
     held = run_folder.held_run(folder)
     if held is None:
@@ -314,12 +371,13 @@ def build_criterion(args):
     return build_loss(args.loss, gamma_neg=args.asl_gamma_neg, gamma_pos=args.asl_gamma_pos, clip=args.asl_clip)
 
 
-def build_engine(args, device, checkpoint, run_settings, val_split):
-    """The engine of this process: rank 0 writes the save folder."""
+def build_engine(args, device, checkpoint, run_settings, val_split, stop=None):
+    """The engine of this process: rank 0 writes the save folder; ``stop``: the StopRequest of
+    preemption.handling."""
     settings = LoopSettings(**{field.name: getattr(args, field.name) for field in dataclasses.fields(LoopSettings)})
     folder = run_folder.RunFolder(args.save_dir if distributed.is_main_process() else None)
     return GCNMultiLabelMAPEngine(settings, device=device, folder=folder, resume=checkpoint,
-                                  run_settings=run_settings, val_split=val_split)
+                                  run_settings=run_settings, val_split=val_split, stop=stop)
 
 
 def build_report(args, dataset, stored, test_set, graph, model, device):

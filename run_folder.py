@@ -11,11 +11,12 @@ import fnmatch
 import json
 import os
 import shutil
+import socket
 
 import numpy as np
 import torch
 
-from checkpoint import atomic_write
+from checkpoint import TEMPORARY, atomic_write
 from errors import SaveError, UsageError
 from report import class_names_or_indices
 
@@ -26,8 +27,8 @@ CURVES_NAME = 'curves.png'
 GRAPH_NAME = 'label_graph.npz'  # your own data: the label graph built from the training labels
 # A folder holds a run when it holds one of these; --overwrite removes every file a run writes.
 RUN_MARKERS = (CHECKPOINT_NAME, BEST_NAME, LOG_NAME, 'eval_epoch*.json')
-RUN_FILES = (CHECKPOINT_NAME, BEST_NAME, LOG_NAME, CURVES_NAME, GRAPH_NAME, 'eval_*.json', 'thresholds*.json',
-             'events.out.tfevents.*', '*.tmp[0-9]*')
+RUN_FILES = (CHECKPOINT_NAME, BEST_NAME, LOG_NAME, CURVES_NAME, GRAPH_NAME, 'eval_*.json', 'eval_*.html',
+             'thresholds*.json', 'events.out.tfevents.*', '*.tmp-*')
 
 
 class RunFolder:
@@ -265,6 +266,29 @@ def held_run(path):
         return f"epoch {last['epoch']}, best mAP {last['best_mAP']:.1f}"
     except (IndexError, KeyError, ValueError, TypeError):  # no log, or not one of ours
         return ', '.join(_matching(path, RUN_MARKERS))
+
+
+def remove_stale_temporaries(path):
+    """Delete the partial files (``atomic_write``'s temporaries) that processes of this machine left
+    in ``path`` when they were killed while writing; never one of a live process, nor of another
+    machine. Returns their names."""
+    host, removed = socket.gethostname(), []
+    for name in _matching(path, ('*.tmp-*',)):
+        match = TEMPORARY.search(name)
+        if match and match['host'] == host and not _alive(int(match['pid'])):
+            os.remove(os.path.join(path, name))
+            removed.append(name)
+    return removed
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # another user's live process
+        return True
+    return True
 
 
 def remove_run(path):

@@ -31,6 +31,12 @@ class AverageValueMeter:
         self.sum += value * n
         self.sum_sq += value * value * n
 
+    def state_dict(self):
+        return {'n': self.n, 'sum': self.sum, 'sum_sq': self.sum_sq}
+
+    def load_state_dict(self, state):
+        self.n, self.sum, self.sum_sq = int(state['n']), float(state['sum']), float(state['sum_sq'])
+
     def value(self):
         if self.n == 0:
             return math.nan, math.nan
@@ -160,13 +166,14 @@ def seed_everything(seed):
     torch.manual_seed(seed)
 
 
-def get_rng_state():
-    """Every generator's state, as tensors and lists so ``torch.load(weights_only=True)`` reads it."""
+def get_rng_state(cuda=True):
+    """Every generator's state (CUDA's too unless ``cuda`` is False), as tensors and lists so
+    ``torch.load(weights_only=True)`` reads it."""
     py_version, py_state, py_gauss = random.getstate()
     np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
     return {
         'torch': torch.get_rng_state(),
-        'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        'cuda': torch.cuda.get_rng_state_all() if cuda and torch.cuda.is_available() else [],
         'numpy': {'name': np_name, 'keys': torch.from_numpy(np_keys.astype(np.int64)), 'pos': int(np_pos),
                   'has_gauss': int(np_has_gauss), 'cached_gaussian': float(np_gauss)},
         'python': [py_version, list(py_state), py_gauss],
