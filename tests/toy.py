@@ -70,16 +70,16 @@ class ToyDataset(torch.utils.data.Dataset):
 
 
 def make_engine(save_dir=None, resume=None, device='cpu', val_split='val', settings=None, classes=('a', 'b', 'c', 'd'),
-                **loop):
+                stop=None, **loop):
     """A CPU GCN engine for the toy data, quiet and small. ``loop``: LoopSettings fields; ``resume``:
-    a checkpoint dict (``resumed``); ``settings``: the recipe its checkpoints store as 'args'."""
+    a checkpoint dict (``resumed``); ``settings``: the recipe its checkpoints store as 'args'; ``stop``:
+    a preemption.StopRequest."""
     from engine import GCNMultiLabelMAPEngine, LoopSettings
     defaults = dict(batch_size=4, workers=0, epochs=2, epoch_step=[30], image_size=16, progress=False, seed=0)
     run_settings = ckpt.RunSettings(args=settings, classes=list(classes) if classes else None)
     return GCNMultiLabelMAPEngine(LoopSettings(**{**defaults, **loop}), device=device,
                                   folder=RunFolder(str(save_dir) if save_dir and is_main_process() else None),
-                                  resume=resume,
-                                  run_settings=run_settings, val_split=val_split)
+                                  resume=resume, run_settings=run_settings, val_split=val_split, stop=stop)
 
 
 def resumed(model, path):
