@@ -24,7 +24,7 @@ import predict
 from attention_sheet import Row, draw_sheet
 from dataset_base import open_rgb
 from engine import AMP_DTYPES
-from errors import UsageError, guarded
+from errors import UsageError
 from run import build_trained_model, checked_amp
 from util import eval_transform
 
@@ -36,7 +36,6 @@ def get_app_parser():
     """app.py's flags."""
     parser = cli.ArgumentParser(description='MSRN in the browser: a local app that labels your images and shows '
                                             'where each label looked.')
-    parser.add_argument('--resume', required=True, metavar='CKPT', help='checkpoint (ours or a released one)')
     parser.add_argument('--thresholds', metavar='FILE',
                         help='per-class probability thresholds (thresholds.json of -e --calibrate) instead of the '
                              'slider')
@@ -194,9 +193,7 @@ def serve(args, given, recipe):
 
 
 def main(argv=None):
-    parser = get_app_parser()
-    args, given = cli.parse_args(parser, argv)
-    return guarded(serve, args, given, cli.recipe_names(parser))
+    return cli.entry(get_app_parser(), serve, argv)
 
 
 if __name__ == '__main__':

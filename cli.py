@@ -26,7 +26,7 @@ import metrics
 import nuswide
 import voc
 from engine import AMP_DTYPES, LoopSettings
-from errors import UsageError
+from errors import UsageError, guarded
 from models import DEFAULT_BACKBONE, RESNET_LAYOUTS
 
 REPO_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -89,6 +89,13 @@ def parse_args(parser, argv=None):
         for action, default in zip(actions, defaults):
             action.default = default
     return args, given
+
+
+def entry(parser, action, argv=None):
+    """An entry script's main: parse ``argv`` with ``parser``, then ``action(args, given, recipe)``
+    (``errors.guarded``); returns the exit code."""
+    args, given = parse_args(parser, argv)
+    return guarded(action, args, given, recipe_names(parser))
 
 
 def recipe_names(parser):
@@ -160,14 +167,15 @@ def add_progress_argument(group):
 
 
 def add_trained_model_arguments(parser):
-    """What a trained model needs besides its checkpoint (predict.py, export.py, app.py): a released
-    checkpoint's dataset, the label files, and in the recipe group the image size and model flags
-    (default: the checkpoint's)."""
+    """A trained model (predict.py, export.py, app.py): its checkpoint, a released checkpoint's
+    dataset, the label files, the device, and in the recipe group the image size and model flags
+    (default: the checkpoint's). Returns the invocation group, for the script's own flags."""
     recipe = recipe_group(parser)
     recipe.add_argument('--image-size', '-i', default=RELEASED_IMAGE_SIZE, type=int, metavar='N',
                         help=f"image side the model sees (default: the checkpoint's, else {RELEASED_IMAGE_SIZE})")
     add_model_arguments(recipe)
     invocation = invocation_group(parser)
+    invocation.add_argument('--resume', required=True, metavar='CKPT', help='checkpoint (ours or a released one)')
     invocation.add_argument('--dataset', default=None, choices=list(RELEASED_DATASETS),
                             help="a released checkpoint's dataset (default: recognised by its class count)")
     add_label_file_arguments(invocation)

@@ -29,8 +29,15 @@ key               written by       meaning
 'loss_value'      on_forward       the loss as a float, mean over processes
 'meter_loss'      on_end_batch     running mean of 'loss_value' over the epoch
 'ap_meter'        on_end_batch     the epoch's scores and labels
+'prefix'          restore_meters   a resumed epoch's (scores, targets) of the samples seen before the stop
 'results'         on_end_epoch     {'loss', 'mAP'} and, after a validation on rank 0, 'eval' (every
                                    metric) and the gathered 'scores' (N, C) and 'targets' (N, C)
+'epoch_start'     run_one_epoch    when the epoch started (perf_counter), its time before a resume included
+'trained'         run_one_epoch    (training results, training time, generators' state) once trained
+
+After each step every process agrees (``step_boundary``, one all-reduce) whether to stop (a
+signal, ``preemption.py``) or to write a mid-epoch checkpoint (``--checkpoint-interval``); a
+mid-epoch checkpoint's ``position`` lets a resume continue the epoch bit for bit (loader.py).
 
 What an epoch leaves behind (checkpoint, eval JSON, log line, TensorBoard events) is written by
 the run folder in one call (``RunFolder.write_epoch``), outside the loop. One code path for one
@@ -160,7 +167,7 @@ class GCNMultiLabelMAPEngine:
         ``first_step``: the steps of the epoch done before (a resumed epoch counts on from there)."""
         s = self.state
         self.on_start_epoch()
-        if first_step:
+        if training and self.position is not None:   # a resumed epoch
             self.restore_meters(self.position)
         main = distributed.is_main_process()
         steps = first_step + len(data_loader)

@@ -24,7 +24,7 @@ import torch.nn as nn
 import checkpoint as ckpt
 import cli
 import distributed
-from errors import NonFiniteOutputError, UsageError, guarded
+from errors import NonFiniteOutputError, UsageError
 from models import MIN_IMAGE_SIZE, WORD_DIM
 from run import build_trained_model
 
@@ -166,7 +166,6 @@ def get_parser():
     """export.py's flags."""
     parser = cli.ArgumentParser(description='MSRN as an ONNX model: images in, logits out, for inference without '
                                             'this repository.')
-    parser.add_argument('--resume', required=True, metavar='CKPT', help='checkpoint (ours or a released one)')
     parser.add_argument('--onnx', required=True, metavar='PATH', help='ONNX file to write')
     invocation = cli.add_trained_model_arguments(parser)
     invocation.add_argument('--opset', default=DEFAULT_OPSET, type=int, metavar='V',
@@ -175,9 +174,7 @@ def get_parser():
 
 
 def main(argv=None):
-    parser = get_parser()
-    args, given = cli.parse_args(parser, argv)
-    return guarded(export_checkpoint, args, given, cli.recipe_names(parser))
+    return cli.entry(get_parser(), export_checkpoint, argv)
 
 
 if __name__ == '__main__':

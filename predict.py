@@ -27,7 +27,7 @@ import metrics
 from checkpoint import atomic_write
 from dataset_base import IMAGE_ERRORS, one_line, open_rgb
 from engine import AMP_DTYPES
-from errors import DatasetError, UsageError, guarded
+from errors import DatasetError, UsageError
 from run import build_trained_model, checked_amp
 from util import eval_transform
 
@@ -161,7 +161,6 @@ def get_parser():
     parser.add_argument('paths', nargs='+', metavar='PATH',
                         help='an image, a folder (searched recursively), or @LIST: a text file with one image path '
                              'per line (relative to its folder)')
-    parser.add_argument('--resume', required=True, metavar='CKPT', help='checkpoint (ours or a released one)')
     parser.add_argument('--out', metavar='FILE.csv',
                         help='write filepath,labels,<one probability per class> per image (labels separated by |, '
                              'the format of train.csv) instead of printing the top labels')
@@ -231,9 +230,7 @@ def predict(args, given, recipe):
 
 
 def main(argv=None):
-    parser = get_parser()
-    args, given = cli.parse_args(parser, argv)
-    return guarded(predict, args, given, cli.recipe_names(parser))
+    return cli.entry(get_parser(), predict, argv)
 
 
 if __name__ == '__main__':

@@ -24,7 +24,7 @@ import preemption
 import report_page
 import run_folder
 from engine import GCNMultiLabelMAPEngine, LoopSettings
-from errors import CheckpointError, UsageError, guarded
+from errors import CheckpointError, UsageError
 from losses import build_loss
 from models import MSRN, RESNET_LAYOUTS
 from util import seed_everything
@@ -39,9 +39,7 @@ QUIET_DEFAULTS = {'download': True, 'print_freq': 0}  # defaults that turn nothi
 
 def main(dataset, argv=None):
     """Entry point of a demo script: parse and run; returns the exit code."""
-    parser = cli.get_args_parser(dataset)
-    args, given = cli.parse_args(parser, argv)
-    return guarded(run, args, given, dataset, cli.recipe_names(parser))
+    return cli.entry(cli.get_args_parser(dataset), lambda args, given, recipe: run(args, given, dataset, recipe), argv)
 
 
 def run(args, given, dataset, recipe):

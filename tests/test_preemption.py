@@ -12,12 +12,14 @@ import time
 
 import pytest
 import torch
+from torch.utils.data import DistributedSampler
 
 import demo_custom_gcn
 import engine as engine_module
 import preemption
 import run_folder
 from errors import Stopped
+from loader import EpochSampler
 from tests.helpers import REPO, custom_argv, run_demo
 from tests.toy import ToyDataset, ToyMSRN, make_engine, make_optimizer
 from util import seed_everything
@@ -331,3 +333,40 @@ def test_a_killed_writers_partial_file_is_removed_by_the_next_run_never_a_live_o
     assert code == 0, out
     assert f'=> removed {tmp_path / names[0]}: a partial file of a process that was killed while writing' in out
     assert sorted(name for name in os.listdir(tmp_path) if '.tmp-' in name) == sorted(names[1:])
+
+
+# ---------------------------------------------------------------------------------------------
+# The epoch's order
+
+@pytest.mark.parametrize('size, world_size', [(11, 1), (11, 2), (30, 3), (5, 4)])
+def test_the_epoch_order_is_distributed_samplers(size, world_size):
+    for rank in range(world_size):
+        for shuffle in (True, False):
+            theirs = DistributedSampler(range(size), num_replicas=world_size, rank=rank, shuffle=shuffle, seed=3)
+            ours = EpochSampler(size, shuffle, 3, rank, world_size)
+            for epoch in (0, 5):
+                theirs.set_epoch(epoch)
+                ours.set_epoch(epoch)
+                assert list(ours) == list(theirs)
+
+
+@pytest.mark.parametrize('new_world_size', [1, 2, 3])
+def test_a_resume_with_another_process_count_loads_what_was_not_consumed(new_world_size):
+    """Stopped after 2 steps of batches of 2 on 2 processes (8 of the epoch's 11 samples, padded to
+    12): the processes of the resume load the 3 others, and only repeats of padding beside them."""
+    first = [EpochSampler(11, True, 0, rank, 2) for rank in range(2)]
+    for sampler in first:
+        sampler.set_epoch(1)
+    consumed = [index for sampler in first for index in list(sampler)[:4]]
+    resumed = [EpochSampler(11, True, 0, rank, new_world_size) for rank in range(new_world_size)]
+    for sampler in resumed:
+        sampler.set_epoch(1)
+        sampler.resume(first[0].order, 8, first[0].real, 2)
+    rest = [index for sampler in resumed for index in sampler]
+    left = set(range(11)) - set(consumed)
+    assert len(set(consumed)) == 8 and len(left) == 3 == resumed[0].remaining
+    assert set(rest) >= left and len(rest) % new_world_size == 0
+    padding = set(first[0].order[11:]) if new_world_size == 2 else left   # repeats, up to a multiple of W
+    assert len(rest) - 3 < new_world_size and set(rest) - left <= padding
+    if new_world_size == 2:   # the same count: the very positions the interrupted epoch had left
+        assert [list(s) for s in resumed] == [list(s)[4:] for s in first]
