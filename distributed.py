@@ -196,7 +196,10 @@ def barrier():
 
 def cleanup():
     """Leave the process group once every process got here (a rank that tears down gloo while
-    another still talks to it can abort)."""
+    another still talks to it can abort); a process that died is not waited for."""
     if is_dist():
-        dist.barrier()
+        try:
+            dist.barrier()
+        except RuntimeError:   # a dead peer: its failure is reported already, by it and by torchrun
+            pass
         dist.destroy_process_group()

@@ -171,23 +171,28 @@ class GCNMultiLabelMAPEngine:
             self.restore_meters(self.position)
         main = distributed.is_main_process()
         steps = first_step + len(data_loader)
-        bar = tqdm(data_loader, desc=desc, leave=False, dynamic_ncols=True, disable=not (self.progress and main),
+        batches = iter(data_loader)
+        bar = tqdm(batches, desc=desc, leave=False, dynamic_ncols=True, disable=not (self.progress and main),
                    initial=first_step, total=steps)
         end = time.perf_counter()
-        for i, sample in enumerate(bar, first_step):
-            data_time = time.perf_counter() - end
-            s['iteration'] = i
-            self.on_start_batch(sample)
-            self.on_forward(training, model, criterion, optimizer)
-            self.on_end_batch()
-            batch_time = time.perf_counter() - end
-            end = time.perf_counter()
-            if self.settings.print_freq and i % self.settings.print_freq == 0 and main:
-                tqdm.write(f'{desc} [{i}/{steps}]  time {batch_time:.3f}  data {data_time:.3f}  '
-                           f"loss {s['loss_value']:.4f} ({s['meter_loss'].value()[0]:.4f})")
-            bar.set_postfix(loss=f"{s['meter_loss'].value()[0]:.4f}",
-                            img_s=f"{len(s['labels']) / max(batch_time, 1e-9):.1f}", refresh=False)
-            self.step_boundary(training, i + 1, i + 1 - first_step)
+        try:
+            for i, sample in enumerate(bar, first_step):
+                data_time = time.perf_counter() - end
+                s['iteration'] = i
+                self.on_start_batch(sample)
+                self.on_forward(training, model, criterion, optimizer)
+                self.on_end_batch()
+                batch_time = time.perf_counter() - end
+                end = time.perf_counter()
+                if self.settings.print_freq and i % self.settings.print_freq == 0 and main:
+                    tqdm.write(f'{desc} [{i}/{steps}]  time {batch_time:.3f}  data {data_time:.3f}  '
+                               f"loss {s['loss_value']:.4f} ({s['meter_loss'].value()[0]:.4f})")
+                bar.set_postfix(loss=f"{s['meter_loss'].value()[0]:.4f}",
+                                img_s=f"{len(s['labels']) / max(batch_time, 1e-9):.1f}", refresh=False)
+                self.step_boundary(training, i + 1, i + 1 - first_step)
+        except BaseException:   # left early (a stop, an error): the loader's thread and processes end
+            batches.close()
+            raise
         bar.close()
         self.on_end_epoch(training, data_loader.sampler.remaining)
         return s['results']
@@ -366,7 +371,7 @@ class GCNMultiLabelMAPEngine:
         self.record_epoch(model, optimizer, dict(epoch=epoch + 1, lr=lrs, train=train, val=val, ema_val=ema_val,
                                                  train_time=train_time, time=time.perf_counter() - start))
         if distributed.agree(self.stop.requested)[0]:
-            self.stop_after(f'the end of epoch {epoch + 1}', f'{self.checkpoint_path()} (epoch {epoch + 1})')
+            self.stop_after(f'the end of epoch {epoch + 1}', f'{{checkpoint}} (epoch {epoch + 1})')
 
     def evaluate(self, model, criterion, val_dataset):
         """Validate ``model`` once; returns the results (``on_end_epoch``; 'eval', 'scores' and
@@ -494,16 +499,18 @@ class GCNMultiLabelMAPEngine:
         else:
             where = f'epoch {epoch}, after its training, during its validation'
             self.save_position(*self.validation_position())
-        self.stop_after(where, f'{self.checkpoint_path()} (mid-epoch, written now)')
+        self.stop_after(where, '{checkpoint} (mid-epoch, written now)')
 
     def stop_after(self, where, written):
         """Every process stops (``errors.Stopped``), once rank 0 has written its checkpoint; rank 0
-        asks SLURM to queue the job again after the requeue signal."""
+        asks SLURM to queue the job again after the requeue signal. ``written``: what is on disk,
+        '{checkpoint}' standing for rank 0's checkpoint path."""
         distributed.barrier()
         requeued = preemption.requeue_job() if self.stop.requeue and distributed.is_main_process() else None
         how = self.stop.signal_name or 'another process'
-        raise Stopped(f'stopped by {how} at {where}: {written}; to continue, run the same command with --resume '
-                      f'{self.checkpoint_path()} (or --resume auto)' + (f'; {requeued}' if requeued else ''),
+        path = distributed.all_gather_objects(self.checkpoint_path())[0]   # rank 0's, which wrote it
+        raise Stopped(f'stopped by {how} at {where}: {written.format(checkpoint=path)}; to continue, run the same '
+                      f'command with --resume {path} (or --resume auto)' + (f'; {requeued}' if requeued else ''),
                       self.stop.exit_code)
 
     def checkpoint_path(self):

@@ -68,11 +68,11 @@ def guarded(action, *args):
     try:
         action(*args)
         return 0
-    except Stopped as e:
-        print(e.line, file=sys.stderr, flush=True)
+    except Stopped as e:   # one write: the lines of processes sharing a terminal stay whole
+        print(f'{e.line}\n', end='', file=sys.stderr, flush=True)
         return e.exit_code
     except MSRNError as e:
-        print(f'error: {e.line}', file=sys.stderr, flush=True)
+        print(f'error: {e.line}\n', end='', file=sys.stderr, flush=True)
         return 2
     except torch.cuda.OutOfMemoryError:
         traceback.print_exc()

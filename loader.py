@@ -120,22 +120,38 @@ class DataLoaderX(DataLoader):
 
 
 class _Prefetched:
-    """Iterates ``batches`` one ahead in a thread, each batch with the generators' state after it."""
+    """Iterates ``batches`` one ahead in a thread, each batch with the generators' state after it.
+    ``close()``: for an iteration left early (a stop, an error)."""
 
     _END = object()
 
     def __init__(self, loader, batches):
-        self.loader, self.queue = loader, queue.Queue(1)
-        self.thread = threading.Thread(target=self._fetch, args=(batches,), daemon=True)
+        self.loader, self.batches, self.queue, self.closed = loader, batches, queue.Queue(1), False
+        self.thread = threading.Thread(target=self._fetch, daemon=True)
         self.thread.start()
 
-    def _fetch(self, batches):
+    def _fetch(self):
         try:
-            for batch in batches:
+            for batch in self.batches:
+                if self.closed:
+                    return
                 self.queue.put((batch, get_rng_state(cuda=False)))
             self.queue.put((self._END, None))
         except BaseException as e:  # handed to the consumer, which raises it
             self.queue.put((e, None))
+
+    def close(self):
+        """Stop fetching: the thread ends and the loader processes stop (they would outlive the
+        epoch, holding copies of the process's files)."""
+        self.closed = True
+        while self.thread.is_alive():
+            try:
+                self.queue.get(timeout=0.1)   # unblocks a waiting put
+            except queue.Empty:
+                pass
+        shutdown = getattr(self.batches, '_shutdown_workers', None)   # the multi-process iterator's
+        if shutdown is not None:
+            shutdown()
 
     def __iter__(self):
         return self

@@ -31,7 +31,8 @@ from util import seed_everything
 
 # flags that only training reads, left out of what an evaluation prints
 TRAINING_ONLY = {'epochs', 'epoch_step', 'lr', 'momentum', 'weight_decay', 'clip_grad_norm', 'sync_bn', 'ema_decay',
-                 'start_epoch', 'overwrite', 'tensorboard', 'finetune', 'pretrained', 'pretrain_model'}
+                 'start_epoch', 'overwrite', 'tensorboard', 'finetune', 'pretrained', 'pretrain_model',
+                 'checkpoint_interval', 'requeue_signal'}
 EVALUATION_ONLY = {'split', 'calibrate', 'thresholds', 'report'}
 ASL_FLAGS = {'asl_gamma_neg', 'asl_gamma_pos', 'asl_clip'}
 QUIET_DEFAULTS = {'download': True, 'print_freq': 0}  # defaults that turn nothing on: not printed
@@ -292,6 +293,8 @@ def settings_in_effect(args, given, stored, recipe, amp):
         unused |= ASL_FLAGS
     if not amp:
         unused.add('amp_dtype')
+    if distributed.get_world_size() == 1:
+        unused.add('connect_timeout')
     for flag, held in (('graph_file', stored.graph), ('word_file', stored.word_vectors)):
         if flag not in given and held is not None:
             unused.add(flag)

@@ -29,10 +29,11 @@ def http_server():
     server.close()
 
 
-@pytest.fixture(scope='session')
+@pytest.fixture(scope='module')
 def browser():
-    """Headless Chromium driven by Playwright (tests/browser.py), once per run; a test that uses it
-    skips, saying why, where there is no browser."""
+    """Headless Chromium driven by Playwright (tests/browser.py), once per test module (its driver
+    must not outlive the module: processes forked later, such as loader workers, would inherit its
+    pipes); a test that uses it skips, saying why, where there is no browser."""
     from tests import browser as chromium
     with chromium.launched() as instance:
         yield instance

@@ -63,7 +63,7 @@ class Torchrun:
 
     def __init__(self, launcher, argv, signal_spec=None, on_line=None):
         env = {k: v for k, v in os.environ.items() if k != 'MSRN_TEST_SIGNAL' and not k.startswith('TORCHELASTIC')}
-        env.update(OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1', **({'MSRN_TEST_SIGNAL': signal_spec} if signal_spec else {}))
+        env.update(OMP_NUM_THREADS='1', **({'MSRN_TEST_SIGNAL': signal_spec} if signal_spec else {}))
         self.command = [sys.executable, '-m', 'torch.distributed.run', *launcher, WORKER, *map(str, argv)]
         self.process = subprocess.Popen(self.command, cwd=REPO, env=env, stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT, text=True)
@@ -122,14 +122,17 @@ def assert_same_run(save_dir, reference_dir):
     assert got['state_dict'].keys() == want['state_dict'].keys()
     for key, value in want['state_dict'].items():
         assert torch.equal(got['state_dict'][key], value), key
-    momentum = [(s['momentum_buffer'] for s in c['optimizer']['state'].values()) for c in (got, want)]
-    assert all(torch.equal(a, b) for a, b in zip(*momentum))
+    momentum = [[s['momentum_buffer'] for s in c['optimizer']['state'].values()] for c in (got, want)]
+    assert len(momentum[0]) == len(momentum[1]) and all(torch.equal(a, b) for a, b in zip(*momentum))
     fields = ('epoch', 'lr', 'train_loss', 'train_mAP', 'val_loss', 'val_mAP', 'best_mAP')
     assert [[r[k] for k in fields] for r in log(save_dir)] == [[r[k] for k in fields] for r in log(reference_dir)]
 
 
-def output_lines(output, prefix):
-    return [line for line in output.splitlines() if line.startswith(prefix)]
+def stop_places(output):
+    """(who stopped it, where) of each stop line. Lines are searched, not split: torchrun runs its
+    workers unbuffered, and two workers' lines on one pipe may run together (print writes the
+    newline apart)."""
+    return re.findall(r'stopped by (SIGTERM|another process) at ([^:]*): ', output)
 
 
 @pytest.fixture(scope='module')
@@ -160,10 +163,10 @@ def test_sigterm_in_one_worker_stops_both_at_the_step_and_the_same_command_finis
     code, out = torchrun(STANDALONE, train_argv(data, save), 'SIGTERM@rank0:epoch2:step1')
     # a worker that fails (75 here) makes torchrun exit with 1; its report names the worker's code
     assert code == 1 and re.search(r'exitcode\s*:\s*75\b', out), out[-5000:]
-    stopped = output_lines(out, 'stopped by SIGTERM')
-    assert stopped == [f'stopped by SIGTERM at epoch 2, step 1/2: {save}/checkpoint.pth.tar (mid-epoch, written '
-                       f'now); to continue, run the same command with --resume {save}/checkpoint.pth.tar (or '
-                       '--resume auto)'], out[-5000:]
+    assert stop_places(out).count(('SIGTERM', 'epoch 2, step 1/2')) == 1, out[-5000:]
+    assert f'stopped by SIGTERM at epoch 2, step 1/2: {save}/checkpoint.pth.tar (mid-epoch, written now); to ' \
+           f'continue, run the same command with --resume {save}/checkpoint.pth.tar (or --resume auto)' in out
+    assert {who for who, _ in stop_places(out)} <= {'SIGTERM', 'another process'}
     assert out.count('Traceback (most recent call last)') == 1   # torchrun's ChildFailedError, none of a worker
     position = load(save)['position']
     assert (position['epoch'], position['phase'], position['step'], position['start'], position['world_size']) == \
@@ -174,8 +177,7 @@ def test_sigterm_in_one_worker_stops_both_at_the_step_and_the_same_command_finis
     assert code == 0, out[-5000:]
     assert f'=> --resume auto: continuing the run in {save}' in out
     # the consumed step is skipped, and the batch lines count on
-    batches = output_lines(out, 'Epoch ')
-    assert len(batches) == 2 and batches[0].startswith('Epoch 2 train [1/2]') and batches[1].startswith('Epoch 2/2 ')
+    assert re.findall(r'Epoch \d[^ ]* (?:train \[\d/\d\])?', out) == ['Epoch 2 train [1/2]', 'Epoch 2/2 '], out[-5000:]
     assert_same_run(save, reference)
 
 
@@ -183,16 +185,15 @@ def test_sigterm_to_the_torchrun_agent_reaches_every_worker_and_the_run_resumes(
     save = runs / 'agent_sigterm'
 
     def on_line(line, process):   # rank 0 trained the first step of epoch 2
-        if line.startswith('Epoch 2 train [0/2]'):
+        if 'Epoch 2 train [0/2]' in line:
             process.send_signal(signal.SIGTERM)
     code, out = torchrun(STANDALONE, train_argv(data, save), on_line=on_line)
     assert code == 1, out[-5000:]
     # each worker got the signal from the agent, and said where they stopped (the same place)
-    stopped = output_lines(out, 'stopped by SIGTERM at ')
-    assert len(stopped) == 2, out[-5000:]
-    wheres = {line.split(': ')[0] for line in stopped}
-    assert len(wheres) == 1 and re.fullmatch(r'stopped by SIGTERM at (epoch 2, (step [12]/2|after its training, '
-                                             r'during its validation)|the end of epoch 2)', wheres.pop())
+    stopped = stop_places(out)
+    assert len(stopped) == 2 and stopped[0] == stopped[1] and stopped[0][0] == 'SIGTERM', out[-5000:]
+    assert re.fullmatch(r'epoch 2, (step [12]/2|after its training, during its validation)|the end of epoch 2',
+                        stopped[0][1]), stopped
 
     code, out = torchrun(STANDALONE, train_argv(data, save, '--resume', 'auto'))
     assert code == 0, out[-5000:]
@@ -201,18 +202,15 @@ def test_sigterm_to_the_torchrun_agent_reaches_every_worker_and_the_run_resumes(
 
 def test_a_worker_killed_mid_epoch_is_restarted_by_torchrun_and_the_run_ends_as_if_never_killed(data, runs, reference):
     save = runs / 'sigkill'
-    started = time.monotonic()
     code, out = torchrun([*STANDALONE, '--max-restarts', '1'], train_argv(data, save, '--resume', 'auto'),
                          'SIGKILL@rank1:epoch2:step1:restart0')
     assert code == 0, out[-5000:]
-    assert output_lines(out, 'elastic_worker: rank 1 sends itself SIGKILL after step 1 of epoch 2'), out[-5000:]
+    assert out.count('elastic_worker: rank 1 sends itself SIGKILL after step 1 of epoch 2') == 1, out[-5000:]
     # the second generation read epoch 1's checkpoint (rank 0 prints) and trained epoch 2 again
-    assert output_lines(out, '=> --resume auto: continuing the run in') == [
-        f'=> --resume auto: continuing the run in {save}'], out[-5000:]
-    assert len(output_lines(out, 'Epoch 1/2 ')) == len(output_lines(out, 'Epoch 2/2 ')) == 1
-    assert 'could not join' not in out
+    assert out.count('=> --resume auto: continuing the run in') == 1, out[-5000:]
+    assert f'=> --resume auto: continuing the run in {save}' in out
+    assert out.count('Epoch 1/2 ') == out.count('Epoch 2/2 ') == 1
     assert_same_run(save, reference)
-    assert time.monotonic() - started < TIMEOUT
 
 
 def test_two_agents_meeting_at_a_c10d_rendezvous_train_like_one_standalone_agent(data, runs, reference):
