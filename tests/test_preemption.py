@@ -139,7 +139,7 @@ def wait_for_line(process, prefix, timeout=240):
     raise AssertionError(f'the run ended before printing {prefix!r}: {process.stderr.read()[-2000:]}')
 
 
-@pytest.mark.slow
+@pytest.mark.long   # two processes of their own each: about a minute
 @pytest.mark.parametrize('how', ['SIGTERM', 'SIGKILL'])
 def test_a_process_stopped_or_killed_from_outside_goes_on_with_the_same_command(how, data, reference, tmp_path):
     """SIGTERM: the run stops at the next step with its checkpoint (exit 75). SIGKILL: nothing is
