@@ -24,8 +24,7 @@ import predict
 from attention_sheet import Row, draw_sheet
 from dataset_base import open_rgb
 from engine import AMP_DTYPES
-from errors import UsageError
-from run import build_trained_model, checked_amp
+from run import build_trained_model, checked_amp, checked_thresholds
 from util import eval_transform
 
 MAX_ROWS = 12   # labels drawn per attention sheet, the most probable first
@@ -36,12 +35,7 @@ def get_app_parser():
     """app.py's flags."""
     parser = cli.ArgumentParser(description='MSRN in the browser: a local app that labels your images and shows '
                                             'where each label looked.')
-    parser.add_argument('--thresholds', metavar='FILE',
-                        help='per-class probability thresholds (thresholds.json of -e --calibrate) instead of the '
-                             'slider')
-    parser.add_argument('--threshold', default=metrics.DEFAULT_THRESHOLD, type=float, metavar='P',
-                        help=f"the slider's starting threshold (default: {metrics.DEFAULT_THRESHOLD}, the logit-0 "
-                             'rule)')
+    cli.add_threshold_arguments(parser, "the slider's starting threshold", 'the slider')
     parser.add_argument('--port', default=None, type=int, metavar='N',
                         help="the server's port (default: 7860, or the next free one)")
     parser.add_argument('--host', default='127.0.0.1', metavar='H',
@@ -175,11 +169,7 @@ def build_app(predictor, *, title, thresholds=None, threshold=0.5):
 
 
 def serve(args, given, recipe):
-    if args.thresholds and 'threshold' in given:
-        raise UsageError('give --threshold (where the slider starts) or --thresholds (a file, one per class), '
-                             'not both')
-    if not 0 <= args.threshold <= 1:
-        raise UsageError(f'--threshold {args.threshold} is not a probability: give a value in [0, 1]')
+    checked_thresholds(args, given, 'where the slider starts')
     device = distributed.init_distributed_mode(args.device)  # one process: just picks the device
     model, words, classes = build_trained_model(args, given, ckpt.read_checkpoint(args.resume), recipe)
     thresholds = metrics.read_thresholds(args.thresholds, classes)['thresholds'] if args.thresholds else None

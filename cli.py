@@ -183,6 +183,15 @@ def add_trained_model_arguments(parser):
     return invocation
 
 
+def add_threshold_arguments(parser, meaning, instead):
+    """--threshold P (``meaning``: what P does, for --help) and --thresholds FILE (per class, a
+    thresholds.json of -e --calibrate; ``instead``: of what); run.checked_thresholds checks them."""
+    parser.add_argument('--threshold', default=metrics.DEFAULT_THRESHOLD, type=float, metavar='P',
+                        help=f'{meaning} (default: {metrics.DEFAULT_THRESHOLD}, the logit-0 rule)')
+    parser.add_argument('--thresholds', metavar='FILE',
+                        help=f'per-class probability thresholds (thresholds.json of -e --calibrate) instead of {instead}')
+
+
 LOADER_FLAGS = {  # flags of some loaders only: a DatasetSpec's loader_flags names them
     'image_label': (('--image-label',), dict(default=None, metavar='PATH', help=(
         'official one-folder layout: the official image_label.pkl (e.g. data/apparel/image_label.pkl); '

@@ -28,7 +28,7 @@ from checkpoint import atomic_write
 from dataset_base import IMAGE_ERRORS, one_line, open_rgb
 from engine import AMP_DTYPES
 from errors import DatasetError, UsageError
-from run import build_trained_model, checked_amp
+from run import build_trained_model, checked_amp, checked_thresholds
 from util import eval_transform
 
 IMAGE_SUFFIXES = {suffix for suffix, kind in Image.registered_extensions().items() if kind in Image.OPEN}
@@ -164,12 +164,7 @@ def get_parser():
     parser.add_argument('--out', metavar='FILE.csv',
                         help='write filepath,labels,<one probability per class> per image (labels separated by |, '
                              'the format of train.csv) instead of printing the top labels')
-    parser.add_argument('--threshold', default=metrics.DEFAULT_THRESHOLD, type=float, metavar='P',
-                        help=f'a label is predicted when its probability is >= P (default: '
-                             f'{metrics.DEFAULT_THRESHOLD}, the logit-0 rule)')
-    parser.add_argument('--thresholds', metavar='FILE',
-                        help='per-class probability thresholds (thresholds.json of -e --calibrate) instead of '
-                             '--threshold')
+    cli.add_threshold_arguments(parser, 'a label is predicted when its probability is >= P', '--threshold')
     parser.add_argument('--top-k', default=5, type=int, metavar='K',
                         help='print at most K labels per image (default: 5; the CSV has them all)')
     parser.add_argument('--attention', metavar='DIR',
@@ -186,11 +181,7 @@ def get_parser():
 
 
 def predict(args, given, recipe):
-    if args.thresholds and 'threshold' in given:
-        raise UsageError('give --threshold (one for every class) or --thresholds (a file, one per class), not both')
-    if not 0 <= args.threshold <= 1:
-        raise UsageError(f'--threshold {args.threshold} is not a probability: give a value in [0, 1] (0.5: the '
-                         'logit-0 rule)')
+    checked_thresholds(args, given, 'one for every class')
     paths = image_paths(args.paths)
     device = distributed.init_distributed_mode(args.device)  # one process: just picks the device
     model, words, classes = build_trained_model(args, given, ckpt.read_checkpoint(args.resume), recipe)

@@ -278,6 +278,16 @@ def checked_amp(args, given, device):
     return amp
 
 
+def checked_thresholds(args, given, meaning):
+    """--threshold (``meaning``: what it is, for the message) and --thresholds: not both, and a
+    probability."""
+    if args.thresholds and 'threshold' in given:
+        raise UsageError(f'give --threshold ({meaning}) or --thresholds (a file, one per class), not both')
+    if not 0 <= args.threshold <= 1:
+        raise UsageError(f'--threshold {args.threshold} is not a probability: give a value in [0, 1] (0.5: the '
+                         'logit-0 rule)')
+
+
 def settings_in_effect(args, given, stored, recipe, amp):
     """(recipe, invocation): {flag: value} of the flags that apply to this run. Left out: what
     this kind of run does not read (training flags in an evaluation, ImageNet weights when a
