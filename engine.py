@@ -352,7 +352,7 @@ class GCNMultiLabelMAPEngine:
         start = time.perf_counter() - (position['train_time'] if position else 0.0)
         self.state['epoch_start'] = start
         if position is not None and position['phase'] == 'validate':   # trained before the stop
-            train = position['train']
+            train, rng = position['train'], get_rng_state(cuda=False)   # as restored
         else:
             train_loader.sampler.set_epoch(epoch)
             first_step = 0
@@ -363,9 +363,9 @@ class GCNMultiLabelMAPEngine:
                 self.position = position    # for restore_meters
                 first_step = position['step'] if position['world_size'] == sampler.world_size else 0
             train = self.train(train_loader, net, criterion, optimizer, epoch, first_step)
-            self.position = None
+            self.position, rng = None, train_loader.rng_state
         train_time = time.perf_counter() - start
-        self.state['trained'] = (train, train_time, train_loader.rng_state)
+        self.state['trained'] = (train, train_time, rng)
         val = self.validate(val_loader, net, criterion)
         ema_val = self.validate_ema(val_loader, criterion) if self.ema else None
         self.record_epoch(model, optimizer, dict(epoch=epoch + 1, lr=lrs, train=train, val=val, ema_val=ema_val,

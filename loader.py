@@ -105,8 +105,9 @@ class SeededItems(Dataset):
 class DataLoaderX(DataLoader):
     """DataLoader whose batches are fetched one ahead in a background thread (official), which
     records the process's random-generator state after each batch: ``rng_state`` is that of the
-    batch last handed out. ``restore_rng`` (a state): set it once the next iteration's loader is
-    made and before anything is fetched (a resume)."""
+    batch last handed out (before the first: the state the iteration started from). ``restore_rng``
+    (a state): set it once the next iteration's loader is made and before anything is fetched (a
+    resume)."""
 
     restore_rng = None
     rng_state = None
@@ -116,6 +117,7 @@ class DataLoaderX(DataLoader):
         if self.restore_rng is not None:
             set_rng_state(self.restore_rng)
             self.restore_rng = None
+        self.rng_state = get_rng_state(cuda=False)
         return _Prefetched(self, batches)
 
 

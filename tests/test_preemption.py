@@ -21,7 +21,7 @@ import run_folder
 from errors import Stopped
 from loader import EpochSampler
 from tests.helpers import REPO, custom_argv, run_demo
-from tests.toy import ToyDataset, ToyMSRN, make_engine, make_optimizer
+from tests.toy import ToyDataset, ToyMSRN, make_engine, make_optimizer, toy_run
 from util import seed_everything
 
 STEPS = 4   # training steps per epoch: 16 images, batches of 4
@@ -234,6 +234,22 @@ def test_the_checkpoint_timer_writes_within_epochs(tmp_path, monkeypatch):
     learn()
     assert positions == [1, 2, 3, 4, None]   # every step, then the epoch's own
     assert 'position' not in torch.load(tmp_path / 'checkpoint.pth.tar', weights_only=True)
+
+
+def test_stopped_again_and_again_in_one_epoch_it_still_ends_bit_for_bit(tmp_path, monkeypatch):
+    """Epoch 2 (8 training steps, 3 validation batches) stopped after step 2, after step 5 of the
+    resumed pass, twice during its validation: each time the same command goes on."""
+    straight, _, _, _ = toy_run(tmp_path / 'straight', 3)
+    checkpoint = str(tmp_path / 'stopped' / 'checkpoint.pth.tar')
+    for n, when in enumerate([(2, 2), (2, 5), (2, 'val', 1), (2, 'val', 2)]):
+        with preemption.handling() as stop, monkeypatch.context() as patch:
+            signal_at(patch, when)
+            with pytest.raises(Stopped):
+                toy_run(tmp_path / 'stopped', 3, resume=checkpoint if n else None, init_seed=10 * n, stop=stop)
+    resumed, _, _, _ = toy_run(tmp_path / 'stopped', 3, resume=checkpoint, init_seed=99)
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert log(tmp_path / 'stopped') == log(tmp_path / 'straight')
 
 
 # ---------------------------------------------------------------------------------------------
