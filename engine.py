@@ -162,13 +162,16 @@ class GCNMultiLabelMAPEngine:
                       'prefix': None}
 
     # ---- one epoch: the loop and its hooks, in the order they run ------------------------------
-    def run_epoch(self, training, data_loader, model, criterion, optimizer=None, desc='', first_step=0):
+    def run_epoch(self, training, data_loader, model, criterion, optimizer=None, desc='', resumed=None):
         """One pass over ``data_loader`` through the hooks; returns ``state['results']``.
-        ``first_step``: the steps of the epoch done before (a resumed epoch counts on from there)."""
+        ``resumed``: the position of an interrupted epoch that this pass continues (its meters come
+        back, and its steps count on from there when the process count is the same)."""
         s = self.state
         self.on_start_epoch()
-        if training and self.position is not None:   # a resumed epoch
-            self.restore_meters(self.position)
+        first_step = 0
+        if resumed is not None:
+            self.restore_meters(resumed)
+            first_step = resumed['step'] if resumed['world_size'] == data_loader.sampler.world_size else 0
         main = distributed.is_main_process()
         steps = first_step + len(data_loader)
         batches = iter(data_loader)
@@ -293,9 +296,9 @@ class GCNMultiLabelMAPEngine:
                                for before, now in zip(self.state['prefix'], (scores, targets)))
         return scores, targets
 
-    def train(self, data_loader, model, criterion, optimizer, epoch, first_step=0):
+    def train(self, data_loader, model, criterion, optimizer, epoch, resumed=None):
         model.train()
-        return self.run_epoch(True, data_loader, model, criterion, optimizer, f'Epoch {epoch + 1} train', first_step)
+        return self.run_epoch(True, data_loader, model, criterion, optimizer, f'Epoch {epoch + 1} train', resumed)
 
     def validate(self, data_loader, model, criterion, label=None):
         """One evaluation pass; prints the summary (rank 0) and returns the results. ``label``:
@@ -345,7 +348,6 @@ class GCNMultiLabelMAPEngine:
 
     def run_one_epoch(self, epoch, net, criterion, optimizer, train_loader, val_loader):
         """Train (the rest of) ``epoch``, validate, record; stop after it if asked."""
-        model = self.training[0]
         self.state['epoch'] = epoch
         lrs = self.adjust_learning_rate(optimizer, epoch)
         position, self.position = self.position, None
@@ -355,21 +357,17 @@ class GCNMultiLabelMAPEngine:
             train, rng = position['train'], get_rng_state(cuda=False)   # as restored
         else:
             train_loader.sampler.set_epoch(epoch)
-            first_step = 0
             if position is not None:
-                sampler = train_loader.sampler
-                sampler.resume(position['order'].tolist(), position['start'], position['real'],
-                               position['world_size'])
-                self.position = position    # for restore_meters
-                first_step = position['step'] if position['world_size'] == sampler.world_size else 0
-            train = self.train(train_loader, net, criterion, optimizer, epoch, first_step)
-            self.position, rng = None, train_loader.rng_state
+                train_loader.sampler.resume(position['order'].tolist(), position['start'], position['real'],
+                                            position['world_size'])
+            train = self.train(train_loader, net, criterion, optimizer, epoch, position)
+            rng = train_loader.rng_state
         train_time = time.perf_counter() - start
         self.state['trained'] = (train, train_time, rng)
         val = self.validate(val_loader, net, criterion)
         ema_val = self.validate_ema(val_loader, criterion) if self.ema else None
-        self.record_epoch(model, optimizer, dict(epoch=epoch + 1, lr=lrs, train=train, val=val, ema_val=ema_val,
-                                                 train_time=train_time, time=time.perf_counter() - start))
+        self.record_epoch(dict(epoch=epoch + 1, lr=lrs, train=train, val=val, ema_val=ema_val, train_time=train_time,
+                               time=time.perf_counter() - start))
         if distributed.agree(self.stop.requested)[0]:
             self.stop_after(f'the end of epoch {epoch + 1}', f'{{checkpoint}} (epoch {epoch + 1})')
 
@@ -479,14 +477,18 @@ class GCNMultiLabelMAPEngine:
         the processes' random-generator states ``rng``)."""
         cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
         rngs = distributed.all_gather_objects(dict(rng, cuda=cuda))
-        model, optimizer, _ = self.training
         if self.folder:
-            ema = self.ema.module.state_dict() if self.ema is not None else None
-            self.folder.save_checkpoint(ckpt.training_checkpoint(
-                self.state['epoch'], model.state_dict(), self.best_score, self.run_settings,
-                optimizer=optimizer.state_dict(), scaler=self.scaler.state_dict(), rng=rngs, ema=ema,
-                loader_seed=self.loader_seed, position=position))
+            self.folder.save_checkpoint(self.training_state(self.state['epoch'], rngs, position))
         self.last_save = time.monotonic()
+
+    def training_state(self, epochs_done, rngs, position=None):
+        """``checkpoint.pth.tar``'s dict now (``checkpoint.training_checkpoint``): ``rngs``, every
+        process's generators; ``position``, where in epoch ``epochs_done`` (0-based) it stopped."""
+        model, optimizer, _ = self.training
+        ema = self.ema.module.state_dict() if self.ema is not None else None
+        return ckpt.training_checkpoint(epochs_done, model.state_dict(), self.best_score, self.run_settings,
+                                        optimizer=optimizer.state_dict(), scaler=self.scaler.state_dict(), rng=rngs,
+                                        ema=ema, loader_seed=self.loader_seed, position=position)
 
     def stop_within_epoch(self, phase, step=None, steps_of_pass=None):
         """Write where the epoch stopped, then ``stop_after`` it."""
@@ -524,7 +526,7 @@ class GCNMultiLabelMAPEngine:
         return f'the last complete checkpoint is {path}; to continue, run the same command with --resume {path}'
 
     # ---- what an epoch leaves behind ------------------------------------------------------------
-    def record_epoch(self, model, optimizer, epoch):
+    def record_epoch(self, epoch):
         """Keep the best score (and its per-class AP); write the epoch's files; print the epoch line.
         ``epoch``: epoch (1-based), lr, train / val / ema_val results, train_time, time. Every
         process calls it (the checkpoint gathers every process's random generators)."""
@@ -544,15 +546,12 @@ class GCNMultiLabelMAPEngine:
                       time_s=round(epoch['time'], 3))
         if ema_val:
             record.update(ema_val_loss=ema_val['loss'], ema_val_mAP=ema_val['mAP'])
-        rng = distributed.all_gather_objects(get_rng_state())
+        rngs = distributed.all_gather_objects(get_rng_state())
         if self.folder:
-            ema = self.ema.module.state_dict() if self.ema is not None else None
-            state = ckpt.training_checkpoint(record['epoch'], model.state_dict(), self.best_score, self.run_settings,
-                                             optimizer=optimizer.state_dict(), scaler=self.scaler.state_dict(),
-                                             rng=rng, ema=ema, loader_seed=self.loader_seed)
+            state = self.training_state(record['epoch'], rngs)
             best = None
             if is_best:
-                weights = ema if winner == 'ema' else state['state_dict']
+                weights = state['ema'] if winner == 'ema' else state['state_dict']
                 best = ckpt.best_checkpoint(record['epoch'], weights, self.best_score, self.run_settings, winner)
             evaluation = eval_record(val['eval'], self.class_names, loss=val['loss'], epoch=record['epoch'],
                                      **({'ema': eval_record(ema_val['eval'], self.class_names, loss=ema_val['loss'])}
