@@ -122,13 +122,11 @@ def find_resumed(args, given, dataset):
 
 def check_same_run(args, given, dataset, stored):
     """``--resume auto`` continues only the run this command line started: a checkpoint of another
-    dataset, data folder or trunk is an error that names the difference."""
+    dataset, data folder or trunk is an error that names the difference (other classes than a
+    dataset's own: ``run``'s check of every resumed checkpoint)."""
     where = f'{args.save_dir} holds a run of'
     if stored.dataset is not None and stored.dataset != dataset.name:
         raise UsageError(f'{where} {stored.dataset}, not {dataset.name}: choose another --save-dir')
-    if dataset.classes is not None and stored.classes is not None and stored.classes != list(dataset.classes):
-        raise UsageError(f"{where} other classes ({', '.join(stored.classes[:3])}, ...) than {dataset.name}'s: "
-                         'choose another --save-dir')
     made = stored.args or {}
     for flag in ('data', 'backbone'):
         if flag in given and made.get(flag) is not None:
