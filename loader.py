@@ -75,13 +75,17 @@ class EpochSampler(Sampler):
         """Distinct samples still to come, every process together."""
         return max(self.real - self.start, 0)
 
+    def positions(self):
+        """The positions of the order this process takes, from ``start`` on."""
+        return range(self.start + self.rank, len(self.order), self.world_size)
+
     def __iter__(self):
-        for position in range(self.start + self.rank, len(self.order), self.world_size):
+        for position in self.positions():
             index = self.order[position]
             yield index if self.loader_seed is None else (index, sample_seed(self.loader_seed, self.epoch, position))
 
     def __len__(self):
-        return len(range(self.start + self.rank, len(self.order), self.world_size))
+        return len(self.positions())
 
 
 class SeededItems(Dataset):
