@@ -181,7 +181,7 @@ def predict(scores, thresholds):
     return torch.from_numpy(probabilities(scores) >= np.asarray(thresholds, dtype=np.float64))
 
 
-def _counted_predictions(scores, targets, thresholds, difficult_examples):
+def counted_predictions(scores, targets, thresholds, difficult_examples):
     """(predicted, positive) boolean [N, C]; a difficult sample left out is neither hit nor false alarm."""
     scores, targets = _as_tensors(scores, targets)
     predicted = predict(scores, thresholds)
@@ -194,13 +194,13 @@ def thresholded_precision_recall(scores, targets, thresholds, difficult_examples
     """OP, OR, OF1, CP, CR, CF1 in percent (:func:`precision_recall`) with per-class probability
     thresholds. Threshold 0.5 everywhere gives the 'fixed' figures; by default difficult samples
     count as negatives, as there; ``difficult_examples`` leaves them out, as calibration does."""
-    return precision_recall(*_counted_predictions(scores, targets, thresholds, difficult_examples))
+    return precision_recall(*counted_predictions(scores, targets, thresholds, difficult_examples))
 
 
 def per_class_f1(scores, targets, thresholds, difficult_examples=True):
     """F1 of each class (float64 [C], in [0, 1], NaN without a positive) with per-class probability
     thresholds; difficult samples left out when ``difficult_examples``, as in calibration."""
-    predicted, positive = (t.numpy() for t in _counted_predictions(scores, targets, thresholds, difficult_examples))
+    predicted, positive = (t.numpy() for t in counted_predictions(scores, targets, thresholds, difficult_examples))
     hits, n_predicted, n_positive = (predicted & positive).sum(0), predicted.sum(0), positive.sum(0)
     f1 = np.full(positive.shape[1], np.nan)
     has_pos = n_positive > 0

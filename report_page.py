@@ -56,7 +56,7 @@ def class_table(scores, targets, thresholds, ap, difficult_examples=True):
     """Per class: {'ap', 'positives', 'threshold', 'precision', 'recall', 'f1', 'false_positives',
     'false_negatives'}; fractions in [0, 1], None where undefined (no positive image, or no
     prediction for precision). ``thresholds``: probabilities (C,); ``ap``: metrics.evaluate's."""
-    predicted, _, positive, counted = _outcomes(scores, targets, thresholds, difficult_examples)
+    predicted, _, positive = _outcomes(scores, targets, thresholds, difficult_examples)
     hits = (predicted & positive).sum(0)
     n_predicted, n_positive = predicted.sum(0), positive.sum(0)
     f1 = metrics.per_class_f1(scores, targets, thresholds, difficult_examples).numpy()
@@ -67,28 +67,26 @@ def class_table(scores, targets, thresholds, ap, difficult_examples=True):
             'precision': float(hits[k] / n_predicted[k]) if n_predicted[k] else None,
             'recall': float(hits[k] / n_positive[k]) if n_positive[k] else None,
             'f1': None if np.isnan(f1[k]) else float(f1[k]),
-            'false_positives': int((predicted[:, k] & ~positive[:, k] & counted[:, k]).sum()),
+            'false_positives': int((predicted[:, k] & ~positive[:, k]).sum()),
             'false_negatives': int((~predicted[:, k] & positive[:, k]).sum()),
         })
     return rows
 
 
 def _outcomes(scores, targets, thresholds, difficult_examples):
-    """(predicted, probabilities, positive, counted): numpy [N, C]; a difficult sample left out is
-    neither predicted nor counted."""
-    targets = torch.as_tensor(targets).long().numpy()
-    counted = targets != 0 if difficult_examples else np.ones(targets.shape, dtype=bool)
-    predicted = metrics.predict(scores, thresholds).numpy() & counted
-    return predicted, metrics.probabilities(scores), targets == 1, counted
+    """(predicted, probabilities, positive): numpy [N, C]; a difficult sample left out is never
+    predicted (``metrics.counted_predictions``), so never a false positive."""
+    predicted, positive = metrics.counted_predictions(scores, targets, thresholds, difficult_examples)
+    return predicted.numpy(), metrics.probabilities(scores), positive.numpy()
 
 
 def worst_images(scores, targets, thresholds, per_class=PER_CLASS, difficult_examples=True):
     """Per class (false positives, false negatives): image indices, the most confident false
     positives first and the least confident false negatives first, ``per_class`` of each at most."""
-    predicted, prob, positive, counted = _outcomes(scores, targets, thresholds, difficult_examples)
+    predicted, prob, positive = _outcomes(scores, targets, thresholds, difficult_examples)
     worst = []
     for k in range(prob.shape[1]):
-        fp = np.flatnonzero(predicted[:, k] & ~positive[:, k] & counted[:, k])
+        fp = np.flatnonzero(predicted[:, k] & ~positive[:, k])
         fn = np.flatnonzero(~predicted[:, k] & positive[:, k])
         fp = fp[np.argsort(-prob[fp, k], kind='stable')][:per_class]
         fn = fn[np.argsort(prob[fn, k], kind='stable')][:per_class]
