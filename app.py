@@ -21,7 +21,7 @@ import cli
 import distributed
 import metrics
 import predict
-from attention_sheet import Row, draw_sheet
+from attention_sheet import draw_sheet
 from dataset_base import open_rgb
 from engine import AMP_DTYPES
 from run import build_trained_model, checked_amp, checked_thresholds
@@ -71,12 +71,9 @@ class Predictor:
     def sheet(self, path, probabilities, features, thresholds):
         """The attention sheet of one image: the labels at or above their threshold (at most MAX_ROWS),
         or the most probable one, marked as not predicted."""
-        order = probabilities.argsort(descending=True).tolist()
-        shown = [k for k in order if probabilities[k] >= thresholds[k]][:MAX_ROWS] or order[:1]
-        with torch.no_grad():
-            maps = self.model.attention_maps(features, self.words, shown)
-        rows = [Row(self.classes[k], float(probabilities[k]), float(thresholds[k])) for k in shown]
-        return draw_sheet(open_rgb(path), rows, [m[0] for m in maps])
+        rows, maps = predict.attention_rows(self.model, self.words, features, probabilities, self.classes, thresholds,
+                                            MAX_ROWS)
+        return draw_sheet(open_rgb(path), rows, maps)
 
 
 def probabilities_payload(classes, probabilities):

@@ -140,16 +140,22 @@ def attention_png_path(out_dir, path, root):
     return os.path.join(out_dir, os.path.relpath(os.path.abspath(path), root) + '.attention.png')
 
 
-def write_attention_maps(model, words, path, features, probabilities, classes, thresholds, out_path):
-    """The attention sheet (attention_sheet.py) of one image: a row per predicted label, or when
-    none is predicted one row for the most probable label, marked as not predicted."""
-    shown = predicted_labels(probabilities, classes, thresholds) or \
-        [(classes[int(probabilities.argmax())], float(probabilities.max()))]
-    indices = [classes.index(name) for name, _ in shown]
+def attention_rows(model, words, features, probabilities, classes, thresholds, max_rows=None):
+    """(rows, maps) of one image's attention sheet (attention_sheet.py): a row per predicted label,
+    most probable first (``max_rows`` of them at most), or when none is predicted one row for the
+    most probable label, marked as not predicted; and their maps per level."""
+    order = probabilities.argsort(descending=True).tolist()
+    shown = [k for k in order if probabilities[k] >= thresholds[k]][:max_rows] or order[:1]
     with torch.no_grad():
-        maps = model.attention_maps(features, words, indices)
-    rows = [attention_sheet.Row(name, probability, thresholds[k]) for (name, probability), k in zip(shown, indices)]
-    attention_sheet.save_sheet(out_path, open_rgb(path), rows, [m[0] for m in maps])
+        maps = model.attention_maps(features, words, shown)
+    rows = [attention_sheet.Row(classes[k], float(probabilities[k]), float(thresholds[k])) for k in shown]
+    return rows, [m[0] for m in maps]
+
+
+def write_attention_maps(model, words, path, features, probabilities, classes, thresholds, out_path):
+    """The attention sheet of one image (``attention_rows``) as a PNG at ``out_path``."""
+    rows, maps = attention_rows(model, words, features, probabilities, classes, thresholds)
+    attention_sheet.save_sheet(out_path, open_rgb(path), rows, maps)
 
 
 # ---- the command --------------------------------------------------------------------------------
