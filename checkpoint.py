@@ -4,8 +4,8 @@ them atomically, and ImageNet trunk weights.
 A checkpoint is a dict with the official keys, which the official code reads too: ``epoch``
 (completed epochs), ``arch``, ``state_dict`` (bare model, no ``module.`` prefix), ``best_score``
 (best mAP in percent). Ours add the run's settings, so that evaluation, resume and prediction
-need nothing else (``RunSettings``): ``dataset`` (its name), ``args`` (the recipe's flags), ``classes`` (class names), ``adj`` and
-``nums`` (the label graph's counts), ``word_vectors`` [C, 300]. ``checkpoint.pth.tar`` also holds
+need nothing else (``RunSettings``): ``dataset`` (its name), ``args`` (the recipe's flags),
+``classes`` (class names), ``adj`` and ``nums`` (the label graph's counts), ``word_vectors`` [C, 300]. ``checkpoint.pth.tar`` also holds
 what an exact resume needs: ``optimizer``, ``scaler`` (GradScaler), ``rng`` (Python, numpy, torch
 and CUDA generators of every process), ``ema`` (the weight average, when on), ``loader_seed``
 (the augmentation seed of loader processes) and, when written within an epoch, ``position``

@@ -189,7 +189,8 @@ def add_threshold_arguments(parser, meaning, instead):
     parser.add_argument('--threshold', default=metrics.DEFAULT_THRESHOLD, type=float, metavar='P',
                         help=f'{meaning} (default: {metrics.DEFAULT_THRESHOLD}, the logit-0 rule)')
     parser.add_argument('--thresholds', metavar='FILE',
-                        help=f'per-class probability thresholds (thresholds.json of -e --calibrate) instead of {instead}')
+                        help='per-class probability thresholds (thresholds.json of -e --calibrate) instead of '
+                             f'{instead}')
 
 
 LOADER_FLAGS = {  # flags of some loaders only: a DatasetSpec's loader_flags names them

@@ -200,7 +200,8 @@ class MSRN(nn.Module):
 
         if np.shape(graph['adj']) != (num_classes, num_classes) or np.shape(graph['nums']) != (num_classes,):
             raise ValueError(f"the label graph has shapes {list(np.shape(graph['adj']))} and "
-                             f"{list(np.shape(graph['nums']))}, expected [{num_classes}, {num_classes}] and [{num_classes}]")
+                             f"{list(np.shape(graph['nums']))}, expected [{num_classes}, {num_classes}] and "
+                             f'[{num_classes}]')
         _, adj = label_graph(graph['adj'], graph['nums'])
         self.register_buffer('adj_mask', adj > 0, persistent=False)   # (C, C) the layers' edges
 

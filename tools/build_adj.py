@@ -34,7 +34,8 @@ def main(argv=None):
     parser.add_argument('--image-label', help='apparel only: official image_label.pkl for the one-folder layout')
     args = parser.parse_args(argv)
     options = {'image_label': args.image_label} if args.dataset == 'apparel' else {}
-    samples = dataset_module(args.dataset).read_samples(args.root, args.split or training_split(args.dataset), **options)
+    split = args.split or training_split(args.dataset)
+    samples = dataset_module(args.dataset).read_samples(args.root, split, **options)
     graph = label_files.build_adjacency(np.stack([target for _, _, target in samples]))
     label_files.save(args.out, graph)
     print(f'wrote {args.out}: {len(samples)} images, {len(graph["nums"])} classes, '
